@@ -1,0 +1,87 @@
+"""Evaluation plots as PNG files (matplotlib Agg canvas; pyplot and its global backend are not touched).
+
+Every function draws several models on one axes, creates the parent folder and returns the written path.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _save(fig: Figure, ax: Axes, path: str | Path, legend: bool = True) -> Path:
+    if legend:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _check(results: Mapping | Sequence, what: str) -> None:
+    if not results:
+        raise ValueError(f"{what}: nothing to plot")
+    if isinstance(results, Mapping):
+        for name, series in results.items():
+            if not series:
+                raise ValueError(f"{what}: model {name!r} has no points")
+
+
+def plot_accuracy_vs_tokens(results: Mapping[str, Sequence[tuple[float, float, float]]], path: str | Path) -> Path:
+    """Forced-answer accuracy (with stderr bars) against thinking-token budget, one line per model."""
+    _check(results, "plot_accuracy_vs_tokens")
+    fig, ax = _new_axes("Accuracy vs thinking tokens", "thinking tokens (budget)", "accuracy")
+    for name, series in results.items():
+        tokens, acc, err = zip(*sorted(series))
+        ax.errorbar(tokens, acc, yerr=err, marker="o", markersize=4, capsize=3, label=name)
+    ax.set_ylim(-0.02, 1.02)
+    return _save(fig, ax, path)
+
+
+def plot_regret_vs_budget(results: Mapping[str, Sequence[tuple[float, float]]], path: str | Path) -> Path:
+    """Normalised cumulative regret against the budget C0, one line per model (lower is better)."""
+    _check(results, "plot_regret_vs_budget")
+    fig, ax = _new_axes("Normalised regret vs budget (lower is better)", "budget C0 (thinking tokens)", "regret")
+    for name, series in results.items():
+        budgets, regret = zip(*sorted(series))
+        ax.plot(budgets, regret, marker="o", markersize=4, label=name)
+    ax.set_ylim(-0.02, 1.02)
+    return _save(fig, ax, path)
+
+
+def plot_j_by_episode(results: Mapping[str, Sequence[float]], path: str | Path) -> Path:
+    """J (forced-answer accuracy) after each episode 0, 1, ..., one line per model."""
+    _check(results, "plot_j_by_episode")
+    fig, ax = _new_axes("Forced-answer accuracy by episode", "episode j (answer forced after episodes 0..j)",
+                        "J (forced-answer accuracy)")
+    for name, series in results.items():
+        ax.plot(range(len(series)), series, marker="o", markersize=4, label=name)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylim(-0.02, 1.02)
+    return _save(fig, ax, path)
+
+
+def plot_pareto(points: Sequence[tuple[str, float, float, float, float]], path: str | Path) -> Path:
+    """Accuracy against mean completion tokens, one labelled point per (label, tokens, acc, acc_se, tokens_se)."""
+    _check(points, "plot_pareto")
+    fig, ax = _new_axes("Accuracy vs completion tokens", "mean completion tokens", "accuracy")
+    for label, tokens, acc, acc_se, tokens_se in points:
+        ax.errorbar([tokens], [acc], xerr=[tokens_se], yerr=[acc_se], marker="o", markersize=5, capsize=3)
+        ax.annotate(label, (tokens, acc), textcoords="offset points", xytext=(5, 5), fontsize="small")
+    ax.margins(x=0.15, y=0.15)
+    return _save(fig, ax, path, legend=False)
