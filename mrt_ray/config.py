@@ -47,6 +47,7 @@ class TaskConfig:
     min_terms: int = 2
     max_terms: int = 8
     max_operand: int = 9
+    max_value: int = 29  # the running value stays in [0, max_value]
     # real data (name=file): JSONL, Parquet or an HF dataset saved with save_to_disk
     path: str = ""
     split: str = "train"
@@ -364,9 +365,11 @@ def validate(cfg: Config) -> None:
         value = OmegaConf.select(OmegaConf.structured(cfg), key)
         if value not in choices:
             errors.append(f"{key}={value!r} is not one of {list(choices)}")
-    from mrt_ray import registry  # late: registries import torch-heavy modules
+    from mrt_ray.algos.advantages import ADVANTAGES  # late: the registries import torch
+    from mrt_ray.algos.losses import LOSSES
+    from mrt_ray.rewards import REWARDS
 
-    for key, reg in (("algo.advantage", registry.ADVANTAGES), ("algo.reward", registry.REWARDS), ("algo.loss", registry.LOSSES)):
+    for key, reg in (("algo.advantage", ADVANTAGES), ("algo.reward", REWARDS), ("algo.loss", LOSSES)):
         value = OmegaConf.select(OmegaConf.structured(cfg), key)
         if value not in reg:
             errors.append(f"{key}={value!r} is not registered; choose one of {sorted(reg)}")

@@ -45,16 +45,20 @@ def _rng(seed: int, stream: str, index: int) -> random.Random:
 
 
 def make_problem(seed: int, stream: str, index: int, min_terms: int = 2, max_terms: int = 8,
-                 max_operand: int = 9) -> Problem:
-    """Problem `index` of `stream` ("train" or "eval"); a pure function of its arguments."""
+                 max_operand: int = 9, max_value: int = 29) -> Problem:
+    """Problem `index` of `stream` ("train" or "eval"); a pure function of its arguments. The running value stays
+    in [0, max_value] (an operation that would leave it is flipped), so every step is a small table lookup."""
     rng = _rng(seed, stream, index)
     n = rng.randint(min_terms, max_terms)
     terms = [rng.randint(0, max_operand) for _ in range(n)]
-    ops = [rng.choice("+-") for _ in range(n - 1)]
+    ops, value = [], terms[0]
+    for t in terms[1:]:
+        op = rng.choice("+-")
+        if (op == "+" and value + t > max_value) or (op == "-" and value - t < 0):
+            op = "-" if op == "+" else "+"
+        value = value + t if op == "+" else value - t
+        ops.append(op)
     expr = str(terms[0]) + "".join(f"{o}{t}" for o, t in zip(ops, terms[1:]))
-    value = terms[0]
-    for o, t in zip(ops, terms[1:]):
-        value = value + t if o == "+" else value - t
     return Problem(
         id=f"{stream}-{index}",
         prompt=f"{expr}=?\n{THINK_OPEN}\n",
@@ -72,7 +76,7 @@ def _steps(terms: list[int], ops: list[str], per_line: int, wrong_at: int = -1) 
         for o, t in chunk:
             acc = acc + t if o == "+" else acc - t
         if len(lines) == wrong_at:
-            acc += 1 if (acc + i) % 2 else -1  # an off-by-one slip, carried forward
+            acc += 1 if (acc + i) % 2 or acc == 0 else -1  # an off-by-one slip, carried forward
         lines.append(f"{lhs}={acc}")
         i += per_line
     if not lines:  # a single term
@@ -116,3 +120,8 @@ def grade(completion: str, answer: str) -> bool:
         return int(tail[0]) == int(answer)
     except ValueError:
         return False
+
+
+def task_problem(tc, seed: int, stream: str, index: int) -> Problem:
+    """`make_problem` with the shape taken from a TaskConfig."""
+    return make_problem(seed, stream, index, tc.min_terms, tc.max_terms, tc.max_operand, tc.max_value)

@@ -1,0 +1,85 @@
+"""The Ray edge: start or join a cluster, reserve resources in one placement group, and turn the plain classes
+(Learner, RolloutWorker) into actors. Nothing else in mrt-ray calls Ray's actor API."""
+from __future__ import annotations
+
+import os
+
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from mrt_ray.config import Config
+
+
+def init_ray(cfg: Config) -> None:
+    """Join `ray.address` / RAY_ADDRESS when given (e.g. under `ray job submit`), else start a local cluster whose
+    dashboard listens on 127.0.0.1 only."""
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}}
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=cfg.ray.dashboard_port, runtime_env=env, log_to_driver=True)
+
+
+def bundles(cfg: Config, with_estimators: bool) -> dict[str, list[dict]]:
+    """Resource bundles per role, straight from config (CPUs and GPUs per actor)."""
+    def b(cpus, gpus):
+        d = {"CPU": cpus}
+        if gpus:
+            d["GPU"] = gpus
+        return d
+
+    out = {
+        "learner": [b(cfg.learner.num_cpus, cfg.learner.num_gpus) for _ in range(cfg.learner.num_ranks)],
+        "rollout": [b(cfg.rollout.num_cpus, cfg.rollout.num_gpus) for _ in range(cfg.rollout.num_workers)],
+    }
+    if with_estimators:
+        out["estimator"] = [b(cfg.progress.num_cpus, cfg.progress.num_gpus) for _ in range(cfg.progress.num_workers)]
+    return out
+
+
+class Placement:
+    """One placement group holding every actor's bundle; `strategy(role, i)` schedules an actor onto its bundle."""
+
+    def __init__(self, cfg: Config, with_estimators: bool):
+        self.roles = bundles(cfg, with_estimators)
+        flat, self.offset = [], {}
+        for role, bs in self.roles.items():
+            self.offset[role] = len(flat)
+            flat.extend(bs)
+        self.pg = placement_group(flat, strategy="PACK")
+        ready, _ = ray.wait([self.pg.ready()], timeout=cfg.ray.placement_timeout_s)
+        if not ready:
+            total = ray.cluster_resources()
+            raise RuntimeError(
+                f"could not reserve {flat} within ray.placement_timeout_s={cfg.ray.placement_timeout_s}s; the cluster "
+                f"has {total}. Lower the actors' num_cpus/num_gpus or add nodes."
+            )
+
+    def strategy(self, role: str, i: int) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(placement_group=self.pg,
+                                                placement_group_bundle_index=self.offset[role] + i)
+
+    def actor(self, cls, role: str, i: int, *args, threads: int = 1, max_restarts: int = 0, env: dict | None = None):
+        bundle = self.roles[role][i]
+        env_vars = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **(env or {})}
+        return ray.remote(cls).options(
+            num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0), scheduling_strategy=self.strategy(role, i),
+            max_restarts=max_restarts, max_task_retries=0, runtime_env={"env_vars": env_vars},
+        ).remote(*args)
+
+    def node_address(self, role: str, i: int) -> tuple[str, int]:
+        """IP of the node holding bundle (role, i) and a free port there (for a TCPStore rendezvous)."""
+        return ray.get(_node_address.options(num_cpus=0, scheduling_strategy=self.strategy(role, i)).remote())
+
+
+@ray.remote
+def _node_address() -> tuple[str, int]:
+    from mrt_ray.utils import free_port
+
+    ip = ray.util.get_node_ip_address()
+    return ip, free_port(ip)

@@ -1,0 +1,31 @@
+"""Held-out accuracy and length of the current policy, sampled on the rollout workers (the training-time eval)."""
+from __future__ import annotations
+
+import math
+
+from mrt_ray.config import Config
+from mrt_ray.eval.metrics import pass_at_1, token_stats, truncation_rate
+from mrt_ray.rollout.types import SamplingSpec
+
+
+def evaluate(pool, source, cfg: Config, grader, tag: str = "eval") -> dict:
+    """Greedy accuracy (if eval.greedy) and sampled pass@1 over eval.n_samples, with standard errors."""
+    out = {}
+    modes = ([("greedy", SamplingSpec(n=1, temperature=0.0, max_tokens=cfg.rollout.max_new_tokens))]
+             if cfg.eval.greedy else [])
+    modes.append(("sampled", SamplingSpec(n=cfg.eval.n_samples, temperature=cfg.eval.temperature,
+                                          top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_new_tokens)))
+    for mode, spec in modes:
+        groups, _ = pool.rollout(source.eval, source.encode, spec, (cfg.seed, tag, mode))
+        correct = [[t.completion.finished and grader(t.completion.text, t.problem.answer) for t in g] for g in groups]
+        lengths = [t.length for g in groups for t in g]
+        acc, se = pass_at_1(correct)
+        stats = token_stats(lengths)
+        out.update({
+            f"{tag}/{mode}_accuracy": acc,
+            f"{tag}/{mode}_accuracy_se": 0.0 if math.isnan(se) else se,
+            f"{tag}/{mode}_tokens_mean": stats["mean"],
+            f"{tag}/{mode}_tokens_p90": stats["p90"],
+            f"{tag}/{mode}_truncation": truncation_rate([t.completion.finished for g in groups for t in g]),
+        })
+    return out

@@ -1,0 +1,1 @@
+"""Learner side: DeepSpeed learner actors and the weight push to inference workers."""

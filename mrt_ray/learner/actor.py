@@ -1,0 +1,181 @@
+"""Learner: one rank of the DeepSpeed world. Recomputes log-probs, computes the registered loss, steps, saves, and
+(rank 0) pushes the weights to the inference workers. A plain class; `trainer.py` makes it a Ray actor.
+
+A shard (what the controller sends each rank) is a dict of lists, one entry per sequence:
+  input_ids        list[list[int]]    prompt + completion token ids
+  prompt_lens      list[int]
+  advantages       list[list[float]]  one per completion token (dense: MRT credits episodes separately)
+  rollout_logprobs list[list[float]]  behaviour log-probs from the rollout engine, one per completion token
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from mrt_ray.algos.losses import LOSSES, entropy_from_logits, gather_logprobs
+from mrt_ray.config import Config
+from mrt_ray.learner import ds
+from mrt_ray.learner.model import load_causal_lm, load_tokenizer
+from mrt_ray.learner.weight_group import create_group, send_tensors
+
+
+def collate(shard: dict, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; position t of the *_t tensors scores the prediction of token t+1."""
+    seqs = shard["input_ids"]
+    B, T = len(seqs), max(len(s) for s in seqs)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    mask = torch.zeros((B, T - 1))  # [B, T-1] 1 where the target is a completion token
+    adv = torch.zeros((B, T - 1))
+    old = torch.zeros((B, T - 1))
+    for b, s in enumerate(seqs):
+        p, c = shard["prompt_lens"][b], len(s) - shard["prompt_lens"][b]
+        ids[b, :len(s)] = torch.tensor(s)
+        attn[b, :len(s)] = 1
+        mask[b, p - 1:p - 1 + c] = 1
+        adv[b, p - 1:p - 1 + c] = torch.tensor(shard["advantages"][b], dtype=torch.float)
+        old[b, p - 1:p - 1 + c] = torch.tensor(shard["rollout_logprobs"][b], dtype=torch.float)
+    return {k: v.to(device) for k, v in dict(ids=ids, attn=attn, mask=mask, adv=adv, rollout_lp=old).items()}
+
+
+class Learner:
+    def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int, master_addr: str, master_port: int):
+        torch.set_num_threads(cfg.learner.threads)
+        self.cfg, self.rank, self.world = cfg, rank, world_size
+        self.backend = ds.init_distributed(rank, world_size, master_addr, master_port,
+                                           cfg.learner.collective_timeout_s)
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        torch.manual_seed(cfg.seed)
+        self.tok = load_tokenizer(model_path, cfg.model)
+        model = load_causal_lm(model_path, cfg.model)
+        self.ref = None
+        if cfg.algo.kl_coef > 0:  # frozen reference: the initial policy
+            self.ref = load_causal_lm(model_path, cfg.model).to(self.device).eval().requires_grad_(False)
+        self.engine = ds.initialize(model, cfg, cfg.learner.micro_batch_size)
+        self.zero3 = cfg.learner.zero_stage == 3
+        self.bad_steps = 0
+        self.weight_group = None
+
+    # ------------------------------------------------------------------ training
+    def _logprobs(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(input_ids=batch["ids"], attention_mask=batch["attn"]).logits[:, :-1]  # [B, T-1, V]
+        temp = self.cfg.rollout.temperature
+        if temp > 0 and temp != 1.0:
+            logits = logits / temp  # score the distribution the sampler drew from
+        return gather_logprobs(logits, batch["ids"][:, 1:]), logits
+
+    def _all_finite(self, x: torch.Tensor) -> bool:
+        flag = torch.tensor([1.0 if torch.isfinite(x).all() else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def train_step(self, shard: dict, n_micro: int, global_tokens: int) -> dict:
+        """One optimizer step on this rank's shard, in exactly `n_micro` micro-batches (equal on every rank, so the
+        collectives line up). The loss is scaled so the DeepSpeed gradient average equals a global token mean."""
+        t0 = time.perf_counter()
+        ac = self.cfg.algo
+        n = len(shard["input_ids"])
+        size = math.ceil(n / n_micro)
+        chunks = [list(range(i * size, min(n, (i + 1) * size))) for i in range(n_micro)]
+        sums: dict[str, float] = {}
+        tokens = 0.0
+        skipped = False
+        self.engine.train()
+        for k, idx in enumerate(chunks):
+            weight = 1.0 if idx else 0.0
+            idx = idx or [0]  # an empty chunk still runs (with zero weight) so every rank joins the reduction
+            batch = collate({key: [v[i] for i in idx] for key, v in shard.items()}, self.tok.pad_token_id, self.device)
+            logp, logits = self._logprobs(self.engine, batch)
+            with torch.no_grad():
+                ent = entropy_from_logits(logits.detach())
+                ref_lp = self._logprobs(self.ref, batch)[0] if self.ref is not None else None
+            mask = batch["mask"]
+            is_w = None
+            if self.cfg.train.async_rollout:  # truncated importance weight: learner's old policy / behaviour policy
+                is_w = torch.exp(logp.detach() - batch["rollout_lp"]).clamp(max=self.cfg.train.is_clip) * mask
+            loss, stats = LOSSES[ac.loss](
+                logp, logp.detach(), batch["adv"], mask, ac, ref_logp=ref_lp, is_weight=is_w,
+                entropy=ent if ac.entropy_coef > 0 else None, agg_constant=self.cfg.rollout.max_new_tokens,
+            )
+            ntok = float(mask.sum()) * weight
+            if ac.loss_agg == "token_mean" or ac.loss == "sft":  # exact global token mean across micro-batches/ranks
+                loss = loss * (ntok * self.world / max(1.0, global_tokens))
+            else:
+                loss = loss * weight / n_micro
+            if not self._all_finite(loss.detach()):
+                skipped = True
+                break
+            ds.set_accumulation_boundary(self.engine, k == n_micro - 1)
+            self.engine.backward(loss, scale_wrt_gas=False)
+            self.engine.step()
+            tokens += ntok
+            with torch.no_grad():
+                diff = ((logp.detach() - batch["rollout_lp"]).abs() * mask).sum().item() * weight
+                stats.update(entropy=float((ent * mask).sum() / mask.sum().clamp(min=1)), logprob_diff_sum=diff)
+            for key, v in stats.items():
+                sums[key] = sums.get(key, 0.0) + (v * ntok if key != "logprob_diff_sum" else v)
+        if skipped:
+            self.engine.zero_grad()
+            self.bad_steps += 1
+            return {"skipped": 1.0, "bad_steps": float(self.bad_steps), "learn_seconds": time.perf_counter() - t0}
+        out = {k: v / max(tokens, 1.0) for k, v in sums.items() if k != "logprob_diff_sum"}
+        out.update(tokens=tokens, logprob_diff_sum=sums.get("logprob_diff_sum", 0.0), skipped=0.0,
+                   grad_norm=ds.grad_norm(self.engine), lr=self.engine.get_lr()[0],
+                   learn_seconds=time.perf_counter() - t0)
+        return out
+
+    # ------------------------------------------------------------------ weights
+    def _state(self) -> dict[str, torch.Tensor]:
+        # keep_vars: parameter objects (ZeRO-3 gathers them); all names, tied duplicates included (vLLM needs both)
+        return self.engine.module.state_dict(keep_vars=True)
+
+    def weight_metas(self) -> list[tuple]:
+        metas = []
+        for name, t in self._state().items():
+            shape = tuple(t.ds_shape) if hasattr(t, "ds_shape") else tuple(t.shape)
+            metas.append((name, shape, str(t.dtype).removeprefix("torch.")))
+        return metas
+
+    def init_weight_group(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
+        if self.rank == 0:
+            self.weight_group = create_group(self.backend, host, port, 0, world_size, timeout_s, self.device)
+
+    def push_weights(self) -> dict[str, float]:
+        """All ranks call this (ZeRO-3 gathers on every rank); rank 0 broadcasts. Returns rank 0's checksums."""
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        for name, t in self._state().items():
+            with ds.gathered([t], self.zero3), torch.no_grad():
+                if self.rank == 0:
+                    sums.update(send_tensors(self.weight_group, [(name, t.data)]))
+        return {"sums": sums, "seconds": time.perf_counter() - t0}
+
+    @torch.no_grad()
+    def probe_logprobs(self, ids: list[int]) -> list[float]:
+        """log p(ids[t] | ids[:t]) under the current weights (all ranks run it: ZeRO-3 forward is collective)."""
+        self.engine.eval()
+        x = torch.tensor([ids], device=self.device)
+        logits = self.engine(input_ids=x).logits[0, :-1].float()
+        return gather_logprobs(logits[None], x[:, 1:])[0].tolist()
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_hf(self, path: str) -> None:
+        """Policy in HF format (safetensors + tokenizer), written by rank 0 (ZeRO-3: gathered on every rank)."""
+        module = self.engine.module
+        with ds.gathered(module.parameters(), self.zero3):
+            if self.rank == 0:
+                module.save_pretrained(path, safe_serialization=True)
+                self.tok.save_pretrained(path)
+
+    def save_state(self, path: str, tag: str) -> None:
+        ds.save_checkpoint(self.engine, path, tag)
+
+    def load_state(self, path: str, tag: str) -> None:
+        ds.load_checkpoint(self.engine, path, tag)
+
+    def pid(self) -> int:
+        return os.getpid()

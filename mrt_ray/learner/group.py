@@ -1,0 +1,70 @@
+"""The learner group: N Learner actors forming one DeepSpeed world, fed equal shards of the step's trajectories."""
+from __future__ import annotations
+
+import math
+
+import ray
+
+from mrt_ray.actors import Placement
+from mrt_ray.config import Config
+from mrt_ray.learner.actor import Learner
+from mrt_ray.trajectory import Trajectory
+
+
+class LearnerGroup:
+    def __init__(self, cfg: Config, placement: Placement, model_path: str, local: bool):
+        self.cfg = cfg
+        n = cfg.learner.num_ranks
+        ip, port = placement.node_address("learner", 0)
+        ip = "127.0.0.1" if local else ip  # a local run rendezvouses on loopback only
+        self.actors = [
+            placement.actor(Learner, "learner", r, cfg, model_path, r, n, ip, port, threads=cfg.learner.threads,
+                            env={"DS_ACCELERATOR": "cpu"} if not cfg.learner.num_gpus else None)
+            for r in range(n)
+        ]
+        self.call("pid")  # surfaces a failed start (with the rank) before training begins
+
+    def call(self, method: str, *args) -> list:
+        """Run `method` on every rank and wait; a dead rank is an error naming it."""
+        futures = [getattr(a, method).remote(*args) for a in self.actors]
+        out = []
+        for rank, f in enumerate(futures):
+            try:
+                out.append(ray.get(f, timeout=self.cfg.learner.collective_timeout_s * 2))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                raise RuntimeError(f"learner rank {rank} failed during {method}: {e}. The run can be resumed from its "
+                                   f"last checkpoint with resume=<run dir>.") from e
+        return out
+
+    def train(self, trajs: list[Trajectory]) -> dict:
+        """One optimizer step over all trajectories. Returns token-weighted means of the ranks' statistics."""
+        n = len(self.actors)
+        shards = [trajs[r::n] for r in range(n)]  # round robin: sizes differ by at most one
+        n_micro = max(1, math.ceil(max(len(s) for s in shards) / self.cfg.learner.micro_batch_size))
+        global_tokens = sum(t.length for t in trajs)
+        payload = [
+            {
+                "input_ids": [t.prompt_ids + t.completion.ids for t in s],
+                "prompt_lens": [len(t.prompt_ids) for t in s],
+                "advantages": [t.advantages for t in s],
+                "rollout_logprobs": [t.completion.logprobs for t in s],
+            }
+            for s in shards
+        ]
+        futures = [a.train_step.remote(p, n_micro, global_tokens) for a, p in zip(self.actors, payload)]
+        stats = []
+        for rank, f in enumerate(futures):
+            try:
+                stats.append(ray.get(f))
+            except ray.exceptions.RayActorError as e:
+                raise RuntimeError(f"learner rank {rank} died during train_step: {e}. Resume from the last "
+                                   f"checkpoint with resume=<run dir>.") from e
+        if stats[0].get("skipped"):
+            return {"skipped": 1.0, "bad_steps": stats[0]["bad_steps"], "learn_seconds": stats[0]["learn_seconds"]}
+        tokens = sum(s["tokens"] for s in stats)
+        out = {k: sum(s[k] * s["tokens"] for s in stats) / max(tokens, 1) for k in stats[0]
+               if k not in ("tokens", "logprob_diff_sum", "grad_norm", "lr", "learn_seconds", "skipped")}
+        out.update(grad_norm=stats[0]["grad_norm"], lr=stats[0]["lr"], skipped=0.0,
+                   learn_seconds=max(s["learn_seconds"] for s in stats),
+                   logprob_diff=sum(s["logprob_diff_sum"] for s in stats) / max(tokens, 1))
+        return out

@@ -1,0 +1,1 @@
+"""Rollout: inference engines (vLLM, HF generate) behind one interface, hosted by the RolloutWorker actor."""

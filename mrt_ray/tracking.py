@@ -1,0 +1,101 @@
+"""Where a run reports: `metrics.jsonl` (one JSON object per step), the console (a progress bar with the headline
+numbers) and W&B (offline by default; online with `wandb.mode=online`, or `auto` with WANDB_API_KEY set).
+Secrets never reach the config that is logged."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mrt_ray.config import Config, to_dict
+
+SECRET = re.compile(r"(key|token|secret|password|passwd|credential)", re.I)
+HEADLINE = ("reward", "accuracy", "tokens_mean", "kl", "step_seconds")
+
+
+def redact(obj):
+    """Copy of a config dict with secret-looking keys masked (and any value equal to a secret env var)."""
+    secrets = {v for k, v in os.environ.items() if SECRET.search(k) and len(v) >= 8}
+    if isinstance(obj, dict):
+        return {k: ("***" if SECRET.search(str(k)) and v not in ("", None) else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str) and any(s in obj for s in secrets):
+        return "***"
+    return obj
+
+
+def _clean(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+class Tracker:
+    def __init__(self, cfg: Config, run_dir: Path, total_steps: int, start_step: int = 0, wandb_id: str = ""):
+        self.cfg, self.dir = cfg, run_dir
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        self.wandb = None
+        self.wandb_id = wandb_id
+        mode = cfg.wandb.mode
+        if mode == "auto":
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        if mode != "disabled":
+            self._start_wandb(mode)
+
+    def _start_wandb(self, mode: str) -> None:
+        import wandb
+
+        wc = self.cfg.wandb
+        wdir = self.dir / "wandb_files"
+        wdir.mkdir(parents=True, exist_ok=True)
+        for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
+                         ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+            os.environ.setdefault(var, str(wdir / sub))
+        self.wandb = wandb.init(
+            project=wc.project, entity=wc.entity or None, group=wc.group or None, tags=list(wc.tags) or None,
+            name=wc.name or self.cfg.run.name, dir=str(wdir), mode=mode, config=redact(to_dict(self.cfg)),
+            id=self.wandb_id or None, resume="allow" if self.wandb_id else None,
+        )
+        self.wandb_id = self.wandb.id
+
+    def truncate(self, last_step: int) -> None:
+        """Drop metrics past `last_step` (a resumed run rewrites them)."""
+        if not self.metrics_path.exists():
+            return
+        keep = [ln for ln in self.metrics_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", -1) <= last_step]
+        self.metrics_path.write_text("".join(ln + "\n" for ln in keep))
+
+    def log(self, step: int, metrics: dict, advance: bool = True) -> None:
+        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if v is not None and k != "step"}, step=step)
+        if advance:
+            self.bar.update(1)
+            shown = {k: f"{metrics[k]:.3g}" for k in HEADLINE if isinstance(metrics.get(k), (int, float))}
+            self.bar.set_postfix(shown, refresh=False)
+
+    def table(self, name: str, columns: list[str], rows: list[list], step: int) -> None:
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
+
+    def image(self, name: str, path: Path, step: int | None = None) -> None:
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({name: wandb.Image(str(path))}, step=step)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()

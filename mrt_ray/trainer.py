@@ -1,0 +1,192 @@
+"""The one controller. Each training step walks the data path in order:
+
+    prompts -> rollout -> segment -> estimate -> reward -> advantage -> learn -> push weights
+
+(segment and estimate run for MRT only). It owns the run directory: config.yaml, metrics.jsonl, checkpoints/,
+summary.json.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+from mrt_ray import checkpoint
+from mrt_ray.actors import Placement, init_ray
+from mrt_ray.algos.assign import assign_advantages, uniform_groups
+from mrt_ray.config import Config, from_yaml_file, to_yaml
+from mrt_ray.eval.heldout import evaluate
+from mrt_ray.eval.metrics import token_stats
+from mrt_ray.learner.group import LearnerGroup
+from mrt_ray.learner.model import load_tokenizer
+from mrt_ray.learner.push import WeightSync
+from mrt_ray.rewards import get_grader
+from mrt_ray.rewards.score import score
+from mrt_ray.rollout.pool import RolloutPool
+from mrt_ray.rollout.types import SamplingSpec
+from mrt_ray.rollout.worker import RolloutWorker
+from mrt_ray.tasks.source import PromptSource
+from mrt_ray.tracking import Tracker
+
+
+def make_run_dir(cfg: Config) -> Path:
+    d = Path(cfg.run.dir or f"runs/{cfg.run.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    if (d / "metrics.jsonl").exists():
+        raise FileExistsError(f"run.dir={d} already holds a run; continue it with resume={d} or choose another dir")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def resolve_model(cfg: Config) -> str:
+    """The base policy: model.path, or the embedded base model (bootstrapped on first use)."""
+    if cfg.model.path:
+        return cfg.model.path
+    if cfg.task.name != "embedded":
+        raise ValueError("model.path is empty: give an HF causal-LM directory (the embedded base model only knows "
+                         "the embedded task)")
+    from mrt_ray.bootstrap import bootstrap
+
+    return str(bootstrap(cfg))
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.resume_from = None
+        if cfg.resume:
+            run_dir = Path(cfg.resume)
+            if not (run_dir / "config.yaml").is_file():
+                raise FileNotFoundError(f"resume={cfg.resume}: no config.yaml there (not an mrt-ray run directory)")
+            cfg = from_yaml_file(run_dir / "config.yaml")
+            self.resume_from = checkpoint.latest(run_dir)
+        else:
+            run_dir = make_run_dir(cfg)
+            cfg.run.dir = str(run_dir)
+            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.cfg, self.dir = cfg, run_dir
+        self.model_path = resolve_model(cfg)
+        self.tok = load_tokenizer(self.model_path, cfg.model)
+        self.source = PromptSource(cfg, self.tok)
+        self.grader = get_grader(cfg.task.grader)
+        self.mrt = cfg.algo.name == "mrt"
+
+    # ------------------------------------------------------------------ set-up
+    def start_actors(self) -> None:
+        cfg = self.cfg
+        init_ray(cfg)
+        local = not (cfg.ray.address or __import__("os").environ.get("RAY_ADDRESS"))
+        self.placement = Placement(cfg, with_estimators=self.mrt)
+        self.learners = LearnerGroup(cfg, self.placement, self.model_path, local)
+        self.workers = [
+            self.placement.actor(RolloutWorker, "rollout", i, cfg, self.model_path, i, threads=cfg.rollout.threads,
+                                 max_restarts=cfg.rollout.max_restarts)
+            for i in range(cfg.rollout.num_workers)
+        ]
+        self.pool = RolloutPool(self.workers)
+        self.estimator = None
+        if self.mrt:
+            from mrt_ray.progress.pool import EstimatorPool
+
+            self.estimator = EstimatorPool(cfg, self.placement, self.model_path, self.source, self.grader)
+        probe_ids = self.source.encode(self.source.eval[0].prompt + "0123456789 Wait, let me check.")
+        tol = 1e-3 if cfg.model.dtype == "float32" else 5e-2
+        self.sync = WeightSync(self.learners, self.workers + (self.estimator.workers if self.estimator else []),
+                               self.placement, probe_ids, local, cfg.learner.collective_timeout_s, tol)
+
+    # ------------------------------------------------------------------ one step
+    def step(self, step: int) -> dict:
+        cfg, m = self.cfg, {}
+        t_step = time.perf_counter()
+        problems = self.source.batch(step)  # 1. prompts
+        spec = SamplingSpec(n=cfg.rollout.n_samples, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                            max_tokens=cfg.rollout.max_new_tokens)
+        t = time.perf_counter()
+        groups, gen = self.pool.rollout(problems, self.source.encode, spec, (cfg.seed, "train", step))  # 2. rollout
+        m["generate_seconds"] = time.perf_counter() - t
+        m["generate_tokens_per_s"] = gen["tokens"] / max(m["generate_seconds"], 1e-9)
+        if self.estimator is not None:  # 3-4. segment + estimate (MRT)
+            t = time.perf_counter()
+            m.update(self.estimator.estimate(groups, step))
+            m["estimate_seconds"] = time.perf_counter() - t
+        t = time.perf_counter()
+        m.update(score(groups, cfg, self.grader))  # 5. reward
+        m["score_seconds"] = time.perf_counter() - t
+        trajs = [tr for g in groups for tr in g]
+        lengths = [tr.length for tr in trajs]
+        stats = token_stats(lengths)
+        m.update(tokens_mean=stats["mean"], tokens_p50=stats["p50"], tokens_p90=stats["p90"],
+                 truncation=sum(not tr.completion.finished for tr in trajs) / len(trajs))
+        if cfg.algo.drop_uniform_groups:
+            drop = set(uniform_groups(groups))
+            m["dropped_groups"] = len(drop)
+            groups = [g for i, g in enumerate(groups) if i not in drop] or groups
+        assign_advantages(groups, cfg)  # 6. advantage
+        t = time.perf_counter()
+        m.update(self.learners.train([tr for g in groups for tr in g]))  # 7. learn
+        m["learn_seconds_wall"] = time.perf_counter() - t
+        if m.get("skipped"):
+            if m["bad_steps"] >= cfg.learner.max_bad_steps:
+                raise RuntimeError(f"{int(m['bad_steps'])} steps had a non-finite loss (learner.max_bad_steps="
+                                   f"{cfg.learner.max_bad_steps}); stopping. Lower learner.lr or check the data.")
+        else:
+            self.version += 1
+            m.update(self.sync.push(self.version))  # 8. push weights
+        m["step_seconds"] = time.perf_counter() - t_step
+        m["policy_version"] = self.version
+        if cfg.wandb.log_samples_every and step % cfg.wandb.log_samples_every == 0:
+            self._log_samples(groups, step)
+        return m
+
+    def _log_samples(self, groups, step: int) -> None:
+        rows = [[tr.problem.prompt, tr.completion.text, tr.reward, tr.length, json.dumps(tr.episode_spans),
+                 json.dumps([round(p, 3) for p in tr.progress])] for g in groups[:4] for tr in g[:2]]
+        self.tracker.table("samples", ["prompt", "completion", "reward", "length", "episodes", "progress"], rows, step)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        cfg = self.cfg
+        start, self.version, wandb_id = 0, 0, ""
+        self.start_actors()
+        if self.resume_from is not None:
+            state = checkpoint.load(self.resume_from, self.learners)
+            start, self.version, wandb_id = state["step"] + 1, state["version"], state.get("wandb_id", "")
+        self.tracker = Tracker(cfg, self.dir, cfg.train.steps, start, wandb_id)
+        if self.resume_from is not None:
+            self.tracker.truncate(start - 1)
+        self.sync.push(self.version)  # every worker serves the learner's weights (verified) before step `start`
+        t0 = time.perf_counter()
+        if start == 0:
+            self.tracker.log(-1, evaluate(self.pool, self.source, cfg, self.grader, "eval"), advance=False)
+        for step in range(start, cfg.train.steps):
+            metrics = self.step(step)
+            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+                metrics.update(evaluate(self.pool, self.source, cfg, self.grader, "eval"))
+            self.tracker.log(step, metrics)
+            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.steps:
+                self._save(step)
+        final = evaluate(self.pool, self.source, cfg, self.grader, "eval")
+        self.tracker.log(cfg.train.steps, final, advance=False)
+        ckpt = self._save(cfg.train.steps - 1)
+        summary = {"steps": cfg.train.steps, "train_seconds": time.perf_counter() - t0, "checkpoint": str(ckpt / "hf"),
+                   "model": self.model_path, **final}
+        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.tracker.close()
+        return summary
+
+    def _save(self, step: int) -> Path:
+        path = checkpoint.save(self.dir, step, self.learners,
+                               {"version": self.version, "wandb_id": self.tracker.wandb_id})
+        checkpoint.prune(self.dir)
+        return path
+
+
+def train(cfg: Config) -> dict:
+    import ray
+
+    trainer = Trainer(cfg)
+    try:
+        return trainer.run()
+    finally:
+        if getattr(trainer, "tracker", None) is not None:
+            trainer.tracker.bar.close()
+        ray.shutdown()
