@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny random Qwen2 model with the character tokenizer (no training), a small config builder,
+and one local Ray session for the tests that run the real stack (Ray + vLLM + DeepSpeed)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from mrt_ray.bootstrap import build_model, build_tokenizer
+    from mrt_ray.config import BootstrapConfig
+
+    path = tmp_path_factory.mktemp("tiny_model")
+    tok = build_tokenizer()
+    model = build_model(BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128), len(tok),
+                        320, seed=0)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+SMALL = [
+    "train.steps=2", "train.prompts_per_step=4", "rollout.n_samples=4", "rollout.max_new_tokens=48",
+    "eval.size=8", "eval.n_samples=2", "wandb.mode=disabled", "train.save_every=0", "ray.num_cpus=4",
+]
+
+
+@pytest.fixture
+def small_cfg(tmp_path, tiny_model):
+    from mrt_ray.config import load_config
+
+    def make(*overrides: str):
+        return load_config(None, [f"model.path={tiny_model}", f"run.dir={tmp_path}/run", *SMALL, *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from mrt_ray.actors import init_ray
+    from mrt_ray.config import Config
+
+    cfg = Config()
+    cfg.ray.num_cpus = 4  # fractional actors oversubscribe the 2 cores on purpose: each uses one thread
+    init_ray(cfg)
+    yield
+    ray.shutdown()
