@@ -45,8 +45,14 @@ def bundles(cfg: Config, with_estimators: bool) -> dict[str, list[dict]]:
 class Placement:
     """One placement group holding every actor's bundle; `strategy(role, i)` schedules an actor onto its bundle."""
 
-    def __init__(self, cfg: Config, with_estimators: bool):
+    def __init__(self, cfg: Config, with_estimators: bool, roles: tuple[str, ...] | None = None):
+        """`roles`: reserve only these roles' bundles (e.g. ("rollout",) for evaluation); None: all of them."""
         self.roles = bundles(cfg, with_estimators)
+        if roles is not None:
+            unknown = set(roles) - set(self.roles)
+            if unknown:
+                raise ValueError(f"Placement: unknown roles {sorted(unknown)}; choose from {sorted(self.roles)}")
+            self.roles = {r: b for r, b in self.roles.items() if r in roles}
         flat, self.offset = [], {}
         for role, bs in self.roles.items():
             self.offset[role] = len(flat)
@@ -72,9 +78,19 @@ class Placement:
             max_restarts=max_restarts, max_task_retries=0, runtime_env={"env_vars": env_vars},
         ).remote(*args)
 
+    def remove(self) -> None:
+        """Free the reserved bundles (kill the actors on them first)."""
+        ray.util.remove_placement_group(self.pg)
+
     def node_address(self, role: str, i: int) -> tuple[str, int]:
         """IP of the node holding bundle (role, i) and a free port there (for a TCPStore rendezvous)."""
         return ray.get(_node_address.options(num_cpus=0, scheduling_strategy=self.strategy(role, i)).remote())
+
+
+def stop(actors: list) -> None:
+    """End actors now (no restart): their bundles are free for the next actors."""
+    for a in actors:
+        ray.kill(a, no_restart=True)
 
 
 @ray.remote

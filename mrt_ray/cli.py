@@ -11,6 +11,8 @@ from mrt_ray.config import ConfigError, load_config, to_yaml
 COMMANDS = {
     "train": "train a policy (GRPO/RLOO/Dr.GRPO, length penalty, MRT) on Ray",
     "bootstrap": "build and SFT the embedded base policy (cached by config hash)",
+    "eval": "evaluate models (model=[LABEL:]PATH ... data=embedded|FILE): pass@1, maj@k, budget forcing, regret, "
+            "J by episode",
 }
 
 
@@ -34,7 +36,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    overrides = args.overrides
+    if args.command == "eval":  # model= and data= are eval's own arguments (mrt_ray/eval/plan.py), not config keys
+        from mrt_ray.eval.plan import parse_eval_args
+
+        eval_args = parse_eval_args(overrides)
+        overrides = list(eval_args.overrides)
+    cfg = load_config(args.config, overrides)
     if args.dry_run:
         print(to_yaml(cfg), end="")
         return 0
@@ -48,6 +56,10 @@ def run(argv: list[str]) -> int:
 
         summary = train(cfg)
         print(json.dumps(summary, indent=2))
+    elif args.command == "eval":
+        from mrt_ray.eval.runner import run_eval
+
+        print(json.dumps(run_eval(cfg, eval_args.models), indent=2))
     return 0
 
 

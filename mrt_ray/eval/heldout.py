@@ -8,6 +8,22 @@ from mrt_ray.eval.metrics import pass_at_1, token_stats, truncation_rate
 from mrt_ray.rollout.types import SamplingSpec
 
 
+def sample_stats(groups, grader) -> dict[str, float]:
+    """Accuracy (pass@1; a truncated sample counts as wrong) with its stderr over prompts (0 for one prompt), mean and
+    p90 completion tokens, and truncation rate of sampled trajectory groups (one group per prompt)."""
+    correct = [[t.completion.finished and grader(t.completion.text, t.problem.answer) for t in g] for g in groups]
+    lengths = [t.length for g in groups for t in g]
+    acc, se = pass_at_1(correct)
+    stats = token_stats(lengths)
+    return {
+        "accuracy": acc,
+        "accuracy_se": 0.0 if math.isnan(se) else se,
+        "tokens_mean": stats["mean"],
+        "tokens_p90": stats["p90"],
+        "truncation": truncation_rate([t.completion.finished for g in groups for t in g]),
+    }
+
+
 def evaluate(pool, source, cfg: Config, grader, tag: str = "eval") -> dict:
     """Greedy accuracy (if eval.greedy) and sampled pass@1 over eval.n_samples, with standard errors."""
     out = {}
@@ -17,15 +33,5 @@ def evaluate(pool, source, cfg: Config, grader, tag: str = "eval") -> dict:
                                           top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_new_tokens)))
     for mode, spec in modes:
         groups, _ = pool.rollout(source.eval, source.encode, spec, (cfg.seed, tag, mode))
-        correct = [[t.completion.finished and grader(t.completion.text, t.problem.answer) for t in g] for g in groups]
-        lengths = [t.length for g in groups for t in g]
-        acc, se = pass_at_1(correct)
-        stats = token_stats(lengths)
-        out.update({
-            f"{tag}/{mode}_accuracy": acc,
-            f"{tag}/{mode}_accuracy_se": 0.0 if math.isnan(se) else se,
-            f"{tag}/{mode}_tokens_mean": stats["mean"],
-            f"{tag}/{mode}_tokens_p90": stats["p90"],
-            f"{tag}/{mode}_truncation": truncation_rate([t.completion.finished for g in groups for t in g]),
-        })
+        out.update({f"{tag}/{mode}_{k}": v for k, v in sample_stats(groups, grader).items()})
     return out

@@ -1,0 +1,331 @@
+"""`mrt-ray eval`: how well one or more models use test-time compute, sampled on Ray rollout workers (the training
+rollout actors: vLLM by default, `rollout.backend=hf` without it).
+
+Per model, on the eval problems (`PromptSource.eval`; arguments in `mrt_ray.eval.plan`):
+  1. sampled: eval.n_samples traces per problem at eval.temperature (rollout.max_new_tokens) -> pass@1 with stderr,
+     maj@k (k = eval.n_samples; truncated samples cast no vote), completion tokens mean/p50/p90, truncation rate,
+     accuracy per 1k tokens; greedy accuracy too when eval.greedy.
+  2. budget forcing: for every sampled trace and every budget B in eval.budgets keep B thinking tokens (cut the
+     natural thinking; past its natural end append eval.continue_marker and let the model think on, once per trace
+     for its largest budget), append the forcing text and take ONE GREEDY answer (the sampled traces are the only
+     randomness). Accuracy at B is pass@1 over these answers; normalised regret at every budget comes from that curve
+     (J piecewise linear through (0, 0) and the (B, accuracy) points, `regret.regret_curve`); tokens to reach
+     eval.target_accuracy (when > 0); majority vote over floor(max B / B) traces forced at B, at the cost of one
+     trace forced at max B (`metrics.majority_at_equal_tokens`).
+  3. episodes (eval.episode_curve): segment every trace into episodes and estimate J after each prefix with the MRT
+     meta-prover (`progress.pool.Estimator`: up to progress.samples forced answers at progress.temperature, adaptive)
+     -> J by episode index and by mean thinking tokens at each boundary.
+Writes <run.dir>/eval.json (default run.dir: runs/eval-<time>), eval_config.yaml, PNG plots (every model on each
+plot) and W&B tables and images (offline unless wandb.mode says otherwise); a progress bar counts the stages.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from mrt_ray import checkpoint
+from mrt_ray.actors import Placement, init_ray, stop
+from mrt_ray.config import Config, ConfigError, to_yaml
+from mrt_ray.eval import plots
+from mrt_ray.eval.forcing import BudgetPlan, extend_prompt, force_answer_prompt
+from mrt_ray.eval.heldout import sample_stats
+from mrt_ray.eval.metrics import (accuracy_per_1k_tokens, maj_at_k, majority_at_equal_tokens, pass_at_1,
+                                  token_stats, tokens_to_reach)
+from mrt_ray.eval.plan import budget_thinking, episode_curve, equal_token_pairs, natural_thinking
+from mrt_ray.eval.regret import regret_curve
+from mrt_ray.learner.model import load_tokenizer
+from mrt_ray.progress.pool import Estimator, segment_trajectory
+from mrt_ray.rewards import extract_answer, get_grader
+from mrt_ray.rollout.pool import RolloutPool, request_seed
+from mrt_ray.rollout.types import Request, SamplingSpec
+from mrt_ray.rollout.worker import RolloutWorker
+from mrt_ray.tasks.embedded import ANSWER_MARK
+from mrt_ray.tasks.source import PromptSource
+from mrt_ray.tracking import Tracker
+from mrt_ray.trajectory import Trajectory
+
+STAGES = ("sampled", "greedy", "budget forcing", "episodes")
+
+
+def eval_dir(cfg: Config) -> Path:
+    d = Path(cfg.run.dir or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
+    if (d / "eval.json").exists():
+        raise FileExistsError(f"run.dir={d} already holds an evaluation (eval.json); choose another run.dir")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def resolve_model_path(path: str) -> str:
+    """A training run directory (with checkpoints/latest) stands for its latest checkpoint's HF policy."""
+    ckpt = checkpoint.latest(Path(path)) if (Path(path) / "checkpoints" / "latest").is_file() else None
+    return str(ckpt / "hf") if ckpt is not None else path
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 0.0  # one prompt: no spread, stderr reported as 0 (as heldout does)
+
+
+def _json_clean(obj):
+    """NaN/inf -> null, so eval.json is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_clean(v) for v in obj]
+    return obj
+
+
+class EvalRunner:
+    """Evaluates `models` [(label, HF directory or training run directory)]; the embedded base model if empty."""
+
+    def __init__(self, cfg: Config, models: Sequence[tuple[str, str]] = ()):
+        ec = cfg.eval
+        if ec.size < 1 or ec.n_samples < 1 or not ec.budgets:
+            raise ConfigError(f"eval needs eval.size >= 1 (got {ec.size}), eval.n_samples >= 1 (got {ec.n_samples}) "
+                              f"and a non-empty eval.budgets (got {ec.budgets})")
+        if not ec.continue_marker:
+            raise ConfigError("eval.continue_marker is empty: budgets past a trace's end need a marker (e.g. 'Wait')")
+        if models:
+            self.models = [(label, resolve_model_path(path)) for label, path in models]
+        else:
+            from mrt_ray.trainer import resolve_model
+
+            self.models = [(cfg.model.path or "base", resolve_model(cfg))]
+        self.dir = eval_dir(cfg)
+        cfg.run.dir = str(self.dir)
+        cfg.wandb.name = cfg.wandb.name or self.dir.name
+        (self.dir / "eval_config.yaml").write_text(to_yaml(cfg))
+        self.cfg = cfg
+        self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout)
+        self.stages = [s for s in STAGES if (s != "greedy" or ec.greedy) and (s != "episodes" or ec.episode_curve)]
+
+    def vote_grader(self, voted: str, gold: str) -> bool:
+        """Grades an extracted (voted) answer with the task's grader, which reads the text after '#### '."""
+        return bool(self.grader(f"{ANSWER_MARK}{voted}", gold))
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        """Evaluate every model, write eval.json, plots and W&B tables; returns the headline numbers."""
+        cfg, placement = self.cfg, None
+        self.tracker = Tracker(cfg, self.dir, len(self.models) * len(self.stages))
+        self.tracker.bar.set_description("eval")
+        self.tracker.bar.unit = "stage"
+        try:
+            init_ray(cfg)
+            self.placement = placement = Placement(cfg, with_estimators=False, roles=("rollout",))
+            results = {label: self.evaluate_model(label, path) for label, path in self.models}
+            figures = self.plot(results)
+            report = {"task": cfg.task.name, "data": cfg.task.eval_path or cfg.task.path or "embedded",
+                      "grader": cfg.task.grader, "seed": cfg.seed, "eval": asdict(cfg.eval),
+                      "models": results, "plots": {k: str(v) for k, v in figures.items()}}
+            (self.dir / "eval.json").write_text(json.dumps(_json_clean(report), indent=2))
+            self.log_wandb(results, figures)
+        finally:
+            self.tracker.close()
+            if placement is not None:
+                placement.remove()
+        top = max(cfg.eval.budgets)
+        return {"dir": str(self.dir), "eval_json": str(self.dir / "eval.json"), "models": {
+            label: {"pass@1": r["sampled"]["accuracy"], "maj@k": r["sampled"]["maj@k"],
+                    "tokens_mean": r["sampled"]["tokens_mean"],
+                    f"regret@{top}": next(b["regret"] for b in r["budget_forcing"] if b["budget"] == top)}
+            for label, r in results.items()}}
+
+    def _stage(self, label: str, stage: str) -> None:
+        self.tracker.bar.set_postfix_str(f"{label}: {stage}")
+
+    def evaluate_model(self, label: str, path: str) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        tok = load_tokenizer(path, cfg.model)
+        source = PromptSource(cfg, tok)
+        force_ids = source.encode(source.force_text)
+        self._check_lengths(source, force_ids)
+        workers = [self.placement.actor(RolloutWorker, "rollout", i, cfg, path, i, threads=cfg.rollout.threads,
+                                        max_restarts=cfg.rollout.max_restarts) for i in range(cfg.rollout.num_workers)]
+        pool = RolloutPool(workers)
+        decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+        out: dict = {"path": path, "problems": len(source.eval)}
+        try:
+            self._stage(label, "sampled")
+            spec = SamplingSpec(n=cfg.eval.n_samples, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
+                                max_tokens=cfg.rollout.max_new_tokens)
+            groups, _ = pool.rollout(source.eval, source.encode, spec, (cfg.seed, "eval", "sampled"))
+            out["sampled"] = self.sampled_stats(groups)
+            self.tracker.bar.update(1)
+            if cfg.eval.greedy:
+                self._stage(label, "greedy")
+                spec = SamplingSpec(n=1, temperature=0.0, max_tokens=cfg.rollout.max_new_tokens)
+                greedy, _ = pool.rollout(source.eval, source.encode, spec, (cfg.seed, "eval", "greedy"))
+                out["greedy"] = sample_stats(greedy, self.grader)
+                self.tracker.bar.update(1)
+            self._stage(label, "budget forcing")
+            out.update(self.budget_forcing(groups, pool, source, force_ids, decode))
+            self.tracker.bar.update(1)
+            if cfg.eval.episode_curve:
+                self._stage(label, "episodes")
+                out["episodes"] = self.episodes(groups, pool, source, force_ids, decode)
+                self.tracker.bar.update(1)
+        finally:
+            stop(workers)
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    def _check_lengths(self, source: PromptSource, force_ids: list[int]) -> None:
+        cfg = self.cfg
+        longest = max(len(source.encode(p.prompt)) for p in source.eval)
+        think = max(max(cfg.eval.budgets), cfg.rollout.max_new_tokens)
+        need = longest + think + len(force_ids) + cfg.progress.max_answer_tokens
+        if need > cfg.model.max_model_len:
+            raise ConfigError(
+                f"model.max_model_len={cfg.model.max_model_len} is too short for the eval: the longest prompt "
+                f"({longest} tokens) + max(eval.budgets, rollout.max_new_tokens) ({think}) + the forcing text "
+                f"({len(force_ids)}) + progress.max_answer_tokens ({cfg.progress.max_answer_tokens}) = {need}")
+
+    # ------------------------------------------------------------------ measurements
+    def sampled_stats(self, groups: list[list[Trajectory]]) -> dict:
+        cfg = self.cfg
+        k = cfg.eval.n_samples
+        stats = sample_stats(groups, self.grader)
+        marker = cfg.task.answer_marker
+        answers = [[extract_answer(t.completion.text, marker) if t.completion.finished else None for t in g]
+                   for g in groups]
+        golds = [g[0].problem.answer for g in groups]
+        lengths = np.array([t.length for g in groups for t in g], dtype=np.float64)  # [prompts * k]
+        stats.update({
+            "maj@k": maj_at_k(answers, golds, k, self.vote_grader), "k": k,
+            "tokens_p50": token_stats(lengths.tolist())["p50"],
+            "tokens_se": float(lengths.std(ddof=1) / math.sqrt(lengths.size)) if lengths.size > 1 else 0.0,
+            "accuracy_per_1k_tokens": accuracy_per_1k_tokens(stats["accuracy"], stats["tokens_mean"]),
+        })
+        return stats
+
+    def budget_forcing(self, groups: list[list[Trajectory]], pool: RolloutPool, source: PromptSource,
+                       force_ids: list[int], decode) -> dict:
+        cfg, ec = self.cfg, self.cfg.eval
+        tc = cfg.task
+        marker_ids, close_ids = source.encode(ec.continue_marker), source.encode(tc.think_close)
+        traces = [t for g in groups for t in g]
+        naturals = [natural_thinking(t.completion.ids, decode, tc.think_open, tc.think_close) for t in traces]
+        plans = [BudgetPlan.build(ec.budgets, n, len(marker_ids)) for n in naturals]
+        # 1. one continuation per trace that has budgets past its natural end, long enough for its largest budget
+        ext = [i for i, p in enumerate(plans) if p.max_new_tokens > 0]
+        reqs = [Request(extend_prompt(traces[i].prompt_ids, traces[i].completion.ids[:naturals[i]], marker_ids,
+                                      close_ids),
+                        SamplingSpec(n=1, temperature=ec.temperature, top_p=cfg.rollout.top_p,
+                                     max_tokens=plans[i].max_new_tokens,
+                                     seed=request_seed(cfg.seed, "eval", "extend", i)))
+                for i in ext]
+        continued = dict(zip(ext, (g[0].ids for g in pool.generate(reqs)[0]))) if reqs else {}
+        # 2. the thinking kept at each budget, then one greedy forced answer per distinct forced prompt
+        thinking = []  # [trace][budget] -> thinking token ids
+        for i, t in enumerate(traces):
+            e = continued.get(i, [])
+            e_nat = natural_thinking(e, decode, "", tc.think_close) if e else 0
+            thinking.append(budget_thinking(t.completion.ids, plans[i], marker_ids, e, e_nat))
+        forced: dict[tuple, int] = {}
+        keys = [[forced.setdefault(tuple(force_answer_prompt(t.prompt_ids, th, force_ids)), len(forced))
+                 for th in thinking[i]] for i, t in enumerate(traces)]
+        spec = SamplingSpec(n=1, temperature=0.0, max_tokens=cfg.progress.max_answer_tokens)
+        answers = [source.force_text + g[0].text for g in pool.generate([Request(list(p), spec) for p in forced])[0]]
+        # 3. per budget: pass@1 over the forced answers, thinking tokens spent, share of extended traces
+        rows, votes = [], {}
+        for b, budget in enumerate(ec.budgets):
+            correct, samples, pos = [], [], 0
+            for g in groups:
+                idx = range(pos, pos + len(g))
+                pos += len(g)
+                correct.append([self.grader(answers[keys[i][b]], traces[i].problem.answer) for i in idx])
+                samples.append([(extract_answer(answers[keys[i][b]], tc.answer_marker), len(thinking[i][b]))
+                                for i in idx])
+            votes[budget] = samples
+            acc, se = pass_at_1(correct)
+            rows.append({"budget": budget, "accuracy": acc, "accuracy_se": _finite(se),
+                         "thinking_tokens_mean": float(np.mean([len(th[b]) for th in thinking])),
+                         "extended_share": float(np.mean([p.steps[b].kind == "extend" for p in plans]))})
+        accs = [r["accuracy"] for r in rows]
+        for r, reg in zip(rows, regret_curve(ec.budgets, accs, ec.budgets)):
+            r["regret"] = reg
+        golds = [g[0].problem.answer for g in groups]
+        equal = []
+        for short, long in equal_token_pairs(ec.budgets, ec.n_samples):
+            v = majority_at_equal_tokens(votes[short], golds, short, long, self.vote_grader)
+            equal.append({"budget_short": short, "budget_long": long, "m": v.m, "accuracy": v.accuracy,
+                          "mean_total_tokens": v.mean_total_tokens,
+                          "single_long_accuracy": accs[list(ec.budgets).index(long)]})
+        return {"budget_forcing": rows, "majority_at_equal_tokens": equal,
+                "tokens_to_target": (tokens_to_reach(ec.budgets, accs, ec.target_accuracy)
+                                     if ec.target_accuracy > 0 else None),
+                "forced_prompts": len(forced), "extensions": len(reqs)}
+
+    def episodes(self, groups: list[list[Trajectory]], pool: RolloutPool, source: PromptSource,
+                 force_ids: list[int], decode) -> dict:
+        cfg = self.cfg
+        traces = [t for g in groups for t in g]
+        for t in traces:
+            segment_trajectory(t, cfg, decode)
+        cuts = [[0, *t.episode_cuts] for t in traces]  # thinking tokens before each forced answer (c_-1 first)
+        prefixes = {tuple(t.prompt_ids + t.completion.ids[:c]): t.problem.answer for t, cs in zip(traces, cuts)
+                    for c in cs}
+        estimator = Estimator(cfg, force_ids, self.grader, source.force_text)
+        j, stats = estimator.run(prefixes, lambda reqs: pool.generate(reqs)[0], (cfg.seed, "eval", "episodes"))
+        j_lists = [[j[tuple(t.prompt_ids + t.completion.ids[:c])] for c in cs] for t, cs in zip(traces, cuts)]
+        return {"curve": episode_curve(j_lists, cuts),
+                "episodes_mean": float(np.mean([len(t.episode_spans) for t in traces])), **stats}
+
+    # ------------------------------------------------------------------ outputs
+    def plot(self, results: dict) -> dict[str, Path]:
+        d = self.dir
+        out = {
+            "accuracy_vs_tokens": plots.plot_accuracy_vs_tokens(
+                {m: [(b["budget"], b["accuracy"], b["accuracy_se"]) for b in r["budget_forcing"]]
+                 for m, r in results.items()}, d / "accuracy_vs_tokens.png"),
+            "regret_vs_budget": plots.plot_regret_vs_budget(
+                {m: [(b["budget"], b["regret"]) for b in r["budget_forcing"]] for m, r in results.items()},
+                d / "regret_vs_budget.png"),
+            "pareto": plots.plot_pareto(
+                [(m, r["sampled"]["tokens_mean"], r["sampled"]["accuracy"], r["sampled"]["accuracy_se"],
+                  r["sampled"]["tokens_se"]) for m, r in results.items()], d / "accuracy_vs_completion_tokens.png"),
+        }
+        j = {m: [row["j"] for row in r["episodes"]["curve"] if row["episode"] >= 0]
+             for m, r in results.items() if "episodes" in r}
+        j = {m: series for m, series in j.items() if series}
+        if j:
+            out["j_by_episode"] = plots.plot_j_by_episode(j, d / "j_by_episode.png")
+        return out
+
+    def log_wandb(self, results: dict, figures: dict[str, Path]) -> None:
+        t, top = self.tracker, max(self.cfg.eval.budgets)
+        summary = [[m, r["sampled"]["accuracy"], r["sampled"]["accuracy_se"], r["sampled"]["maj@k"],
+                    r.get("greedy", {}).get("accuracy"), r["sampled"]["tokens_mean"], r["sampled"]["tokens_p90"],
+                    r["sampled"]["truncation"], r["sampled"]["accuracy_per_1k_tokens"],
+                    next(b["regret"] for b in r["budget_forcing"] if b["budget"] == top), r["tokens_to_target"]]
+                   for m, r in results.items()]
+        t.table("eval/summary", ["model", "pass@1", "pass@1_se", "maj@k", "greedy_accuracy", "tokens_mean",
+                                 "tokens_p90", "truncation", "accuracy_per_1k_tokens", f"regret@{top}",
+                                 "tokens_to_target"], summary, step=0)
+        t.table("eval/budget_forcing", ["model", "budget", "accuracy", "accuracy_se", "thinking_tokens_mean",
+                                        "extended_share", "regret"],
+                [[m, *b.values()] for m, r in results.items() for b in r["budget_forcing"]], step=0)
+        t.table("eval/episodes", ["model", "episode", "j", "thinking_tokens_mean", "traces"],
+                [[m, *row.values()] for m, r in results.items() for row in r.get("episodes", {}).get("curve", [])],
+                step=0)
+        for name, path in figures.items():
+            t.image(f"eval/{name}", path, step=0)
+
+
+def run_eval(cfg: Config, models: Sequence[tuple[str, str]] = ()) -> dict:
+    """`mrt-ray eval`: EvalRunner(cfg, models).run() on a Ray cluster that is shut down afterwards."""
+    import ray
+
+    try:
+        return EvalRunner(cfg, models).run()
+    finally:
+        ray.shutdown()
