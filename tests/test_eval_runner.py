@@ -26,7 +26,7 @@ def test_parse_eval_args_models_labels_and_overrides(tmp_path):
     assert a.models == (("grpo", "runs/g/"), ("/abs/ckpt", "/abs/ckpt/"))
     assert a.data == str(data)
     # data's own overrides come first, so the user's later task.grader=exact wins
-    assert a.overrides == ("task.name=file", f"task.path={data}", f"task.eval_path={data}", "task.grader=math",
+    assert a.overrides == ("task.name=file", f"task.path={data}", "task.grader=math",
                            "eval.size=5", "task.grader=exact", "model.dtype=bfloat16")
     assert parse_eval_args(["data=embedded"]).overrides == ("task.name=embedded", "task.grader=exact")
     plain = parse_eval_args(["eval.size=3"])  # no model (the embedded base), no data (the task as configured)
@@ -52,10 +52,31 @@ def test_cli_eval_dry_run_and_user_error(tmp_path, capsys):
     data.write_text('{"question": "1+1", "answer": "2"}\n')
     assert main(["eval", "--dry-run", "model=a:/x", "model=b:/y", f"data={data}", "task.grader=exact"]) == 0
     out = capsys.readouterr().out
-    assert "name: file" in out and f"path: {data}" in out and f"eval_path: {data}" in out
+    assert "name: file" in out and f"path: {data}" in out
     assert "grader: exact" in out
     assert main(["eval", "model=a:/x", "model=a:/y"]) == 2
     assert "already used" in capsys.readouterr().err
+
+
+def test_data_file_is_the_eval_set(tmp_path):
+    from mrt_ray.config import load_config
+    from mrt_ray.tasks.source import PromptSource
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+1", "answer": f"so #### {i + 1}"}) + "\n" for i in range(5)))
+    cfg = load_config(None, [*parse_eval_args([f"data={data}", "eval.size=3"]).overrides])
+    assert (cfg.task.name, cfg.task.grader) == ("file", "math")
+    source = PromptSource(cfg, _char_tok()[2])
+    assert [p.answer for p in source.eval] == ["3", "4", "5"]  # the rows training holds out: the last eval.size
+
+
+def test_missing_model_dir_fails_before_ray(tmp_path):
+    from mrt_ray.config import load_config
+    from mrt_ray.eval.runner import EvalRunner
+
+    cfg = load_config(None, [f"run.dir={tmp_path}/eval"])
+    with pytest.raises(FileNotFoundError, match="model=a: /no/such/dir is not a directory"):
+        EvalRunner(cfg, [("a", "/no/such/dir")])
 
 
 def test_a_training_run_dir_stands_for_its_latest_checkpoint(tmp_path):

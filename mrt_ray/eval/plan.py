@@ -6,8 +6,9 @@ Command arguments (`parse_eval_args`):
                     checkpoints/latest) stands for its latest checkpoint's hf/ policy;
   model=LABEL:PATH  the same, labelled LABEL (LABEL: letters, digits, `_ . + -`); repeat model= for several models;
   data=embedded     the embedded chain-arithmetic task (task.name=embedded task.grader=exact);
-  data=FILE         the first eval.size usable rows of FILE (task.name=file task.path=FILE task.eval_path=FILE
-                    task.grader=math; later key=value overrides win, e.g. task.question_key=problem).
+  data=FILE         FILE's held-out rows, the same ones training holds out: its last eval.size usable rows
+                    (task.name=file task.path=FILE task.grader=math; later key=value overrides win, e.g.
+                    task.question_key=problem; task.eval_path=FILE2 evaluates FILE2's first eval.size rows instead).
 Every other argument is a normal config override (`key=value` or `group=preset`, except the `model` group: its keys
 are set one by one, e.g. model.dtype=bfloat16).
 """
@@ -61,7 +62,7 @@ def parse_eval_args(args: Sequence[str]) -> EvalArgs:
     elif data:
         if not Path(data).exists():
             raise ConfigError(f"data={data}: no such file or directory")
-        own = ["task.name=file", f"task.path={data}", f"task.eval_path={data}", "task.grader=math"]
+        own = ["task.name=file", f"task.path={data}", "task.grader=math"]
     else:
         own = []
     return EvalArgs(tuple(models), data, tuple(own + rest))

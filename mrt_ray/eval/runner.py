@@ -95,6 +95,10 @@ class EvalRunner:
             raise ConfigError("eval.continue_marker is empty: budgets past a trace's end need a marker (e.g. 'Wait')")
         if models:
             self.models = [(label, resolve_model_path(path)) for label, path in models]
+            for label, path in self.models:  # fail before Ray starts
+                if not Path(path).is_dir():
+                    raise FileNotFoundError(f"model={label}: {path} is not a directory (an HF causal-LM directory or "
+                                            f"a training run directory is expected)")
         else:
             from mrt_ray.trainer import resolve_model
 
