@@ -184,7 +184,7 @@ def test_impossible_combinations_are_rejected(overrides: list[str], expect: str)
 
 def test_cpu_budget_that_fits_is_accepted() -> None:
     assert load_config(None, ["ray.num_cpus=2"]).ray.num_cpus == 2  # 0.5 + 2 x 0.5 = 1.5 CPUs
-    # the estimator pool counts only for MRT: 1.5 + 0.5 > 1.5 would fail with algo=mrt
+    # with algo=mrt the estimator's 0.5 CPU counts too: 2.0 <= 2
     assert load_config(None, ["ray.num_cpus=2", "algo=mrt"]).algo.name == "mrt"
 
 
