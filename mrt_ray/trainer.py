@@ -15,12 +15,14 @@ from pathlib import Path
 from mrt_ray import checkpoint
 from mrt_ray.actors import Placement, init_ray
 from mrt_ray.algos.assign import assign_advantages, uniform_groups
-from mrt_ray.config import Config, from_yaml_file, to_yaml
+from mrt_ray.config import Config, from_yaml_file, to_yaml, uses_estimator
 from mrt_ray.eval.heldout import evaluate
 from mrt_ray.eval.metrics import token_stats
 from mrt_ray.learner.group import LearnerGroup
 from mrt_ray.learner.model import load_tokenizer
 from mrt_ray.learner.push import WeightSync
+from mrt_ray.progress.estimate import select_star
+from mrt_ray.progress.termination import termination_baseline_batch
 from mrt_ray.rewards import get_grader
 from mrt_ray.rewards.score import score
 from mrt_ray.rollout.pool import RolloutPool
@@ -28,6 +30,7 @@ from mrt_ray.rollout.types import SamplingSpec
 from mrt_ray.rollout.worker import RolloutWorker
 from mrt_ray.tasks.source import PromptSource
 from mrt_ray.tracking import Tracker
+from mrt_ray.trajectory import Trajectory
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -67,8 +70,8 @@ class Trainer:
         self.model_path = resolve_model(cfg)
         self.tok = load_tokenizer(self.model_path, cfg.model)
         self.source = PromptSource(cfg, self.tok)
-        self.grader = get_grader(cfg.task.grader)
-        self.mrt = cfg.algo.name == "mrt"
+        self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout)
+        self.mrt = uses_estimator(cfg)
 
     # ------------------------------------------------------------------ set-up
     def start_actors(self) -> None:
@@ -116,19 +119,16 @@ class Trainer:
         stats = token_stats(lengths)
         m.update(tokens_mean=stats["mean"], tokens_p50=stats["p50"], tokens_p90=stats["p90"],
                  truncation=sum(not tr.completion.finished for tr in trajs) / len(trajs))
-        if cfg.algo.drop_uniform_groups:
-            drop = set(uniform_groups(groups))
-            m["dropped_groups"] = len(drop)
-            groups = [g for i, g in enumerate(groups) if i not in drop] or groups
-        assign_advantages(groups, cfg)  # 6. advantage
+        batch = self._advantages(groups, step, m)  # 6. advantage
         t = time.perf_counter()
-        m.update(self.learners.train([tr for g in groups for tr in g]))  # 7. learn
+        if batch:
+            m.update(self.learners.train(batch))  # 7. learn
         m["learn_seconds_wall"] = time.perf_counter() - t
         if m.get("skipped"):
             if m["bad_steps"] >= cfg.learner.max_bad_steps:
                 raise RuntimeError(f"{int(m['bad_steps'])} steps had a non-finite loss (learner.max_bad_steps="
                                    f"{cfg.learner.max_bad_steps}); stopping. Lower learner.lr or check the data.")
-        else:
+        elif batch:
             self.version += 1
             m.update(self.sync.push(self.version))  # 8. push weights
         m["step_seconds"] = time.perf_counter() - t_step
@@ -136,6 +136,29 @@ class Trainer:
         if cfg.wandb.log_samples_every and step % cfg.wandb.log_samples_every == 0:
             self._log_samples(groups, step)
         return m
+
+    def _advantages(self, groups: list[list[Trajectory]], step: int, m: dict) -> list[Trajectory]:
+        """The training batch with per-token advantages, by algorithm."""
+        cfg = self.cfg
+        if cfg.algo.name == "star":  # MRT-STaR: SFT on the correct traces that make the most progress
+            flat = [t for g in groups for t in g]
+            keep = select_star([{"j": t.j_values, "tokens": t.length} for t in flat], cfg.algo.mrt.star_keep)
+            m["star_kept"] = len(keep)
+            for i in keep:
+                flat[i].advantages = [0.0] * flat[i].length
+            return [flat[i] for i in keep]
+        if cfg.algo.drop_uniform_groups:
+            drop = set(uniform_groups(groups))
+            m["dropped_groups"] = len(drop)
+            groups = [g for i, g in enumerate(groups) if i not in drop] or groups
+        assign_advantages(groups, cfg)
+        batch = [t for g in groups for t in g]
+        if cfg.algo.name == "mrt" and cfg.algo.mrt.variant == "termination_baseline":
+            decode = lambda ids: self.tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+            extra, stats = termination_baseline_batch(groups, cfg, self.pool, decode, self.grader, step)
+            m.update(stats)
+            batch += extra
+        return batch
 
     def _log_samples(self, groups, step: int) -> None:
         rows = [[tr.problem.prompt, tr.completion.text, tr.reward, tr.length, json.dumps(tr.episode_spans),

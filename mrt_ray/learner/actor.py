@@ -52,6 +52,8 @@ class Learner:
         torch.manual_seed(cfg.seed)
         self.tok = load_tokenizer(model_path, cfg.model)
         model = load_causal_lm(model_path, cfg.model)
+        if cfg.learner.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
         self.ref = None
         if cfg.algo.kl_coef > 0:  # frozen reference: the initial policy
             self.ref = load_causal_lm(model_path, cfg.model).to(self.device).eval().requires_grad_(False)
