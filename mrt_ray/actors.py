@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mrt_ray.config import Config
+from mrt_ray.utils import free_port
 
 
 def init_ray(cfg: Config) -> None:
@@ -16,13 +18,26 @@ def init_ray(cfg: Config) -> None:
     dashboard listens on 127.0.0.1 only."""
     if ray.is_initialized():
         return
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}}
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "VLLM_LOGGING_LEVEL": "WARNING"}}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
+        port = cfg.ray.dashboard_port
+        if not _port_free(port):  # another local Ray (or anything else) holds it: take a free one, say which
+            port = free_port()
+            print(f"mrt-ray: dashboard port {cfg.ray.dashboard_port} is taken; using 127.0.0.1:{port}")
         ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=cfg.ray.dashboard_port, runtime_env=env, log_to_driver=True)
+                 dashboard_port=port, runtime_env=env, log_to_driver=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def bundles(cfg: Config, with_estimators: bool) -> dict[str, list[dict]]:

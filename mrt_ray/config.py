@@ -190,7 +190,7 @@ class TrainConfig:
     save_every: int = 20
     eval_every: int = 0  # 0: evaluate at the start and the end only
     async_rollout: bool = False
-    max_staleness: int = 1  # async: how many versions behind a sample may be
+    max_staleness: int = 1  # async: samples are exactly one version behind (the pipeline depth); must be >= 1
     is_clip: float = 2.0  # async: truncated importance ratio
 
 
@@ -398,6 +398,11 @@ def validate(cfg: Config) -> None:
         errors.append(f"algo.alpha={cfg.algo.alpha} must be in [0, 1)")
     if cfg.algo.advantage in ("grpo", "rloo", "drgrpo") and cfg.rollout.n_samples < 2:
         errors.append(f"algo.advantage={cfg.algo.advantage} needs rollout.n_samples >= 2 (a group baseline)")
+    if cfg.train.async_rollout and cfg.train.max_staleness < 1:
+        errors.append("train.async_rollout=true samples one policy version behind: train.max_staleness must be >= 1")
+    if cfg.train.async_rollout and cfg.algo.name in ("mrt", "star"):
+        errors.append(f"train.async_rollout is not supported with algo.name={cfg.algo.name} (the estimator pool "
+                      "shares the workers' weight versions); use the synchronous loop")
     if cfg.task.name == "embedded" and cfg.task.max_value < 2 * cfg.task.max_operand - 1:
         errors.append(f"task.max_value={cfg.task.max_value} must be >= 2*task.max_operand-1="
                       f"{2 * cfg.task.max_operand - 1} so every chain can stay in [0, max_value]")

@@ -97,16 +97,28 @@ class Trainer:
                                self.placement, probe_ids, local, cfg.learner.collective_timeout_s, tol)
 
     # ------------------------------------------------------------------ one step
-    def step(self, step: int) -> dict:
-        cfg, m = self.cfg, {}
-        t_step = time.perf_counter()
-        problems = self.source.batch(step)  # 1. prompts
+    def submit_rollout(self, step: int) -> tuple:
+        """Steps 1-2 (prompts, rollout) started on the workers with the weights they hold now."""
+        cfg = self.cfg
         spec = SamplingSpec(n=cfg.rollout.n_samples, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             max_tokens=cfg.rollout.max_new_tokens)
-        t = time.perf_counter()
-        groups, gen = self.pool.rollout(problems, self.source.encode, spec, (cfg.seed, "train", step))  # 2. rollout
-        m["generate_seconds"] = time.perf_counter() - t
-        m["generate_tokens_per_s"] = gen["tokens"] / max(m["generate_seconds"], 1e-9)
+        return self.pool.submit_rollout(self.source.batch(step), self.source.encode, spec, (cfg.seed, "train", step))
+
+    def step(self, step: int, pending: tuple | None = None) -> dict:
+        """One training step. `pending`: its rollout, already submitted (async mode); None: submit it now.
+        In async mode the NEXT step's rollout is submitted before learning, so generation overlaps the update and
+        its samples are one policy version behind (corrected by the truncated importance weight)."""
+        cfg, m = self.cfg, {}
+        t_step = time.perf_counter()
+        pending = pending or self.submit_rollout(step)  # 1-2. prompts, rollout
+        groups, gen = self.pool.collect_rollout(pending)
+        m["generate_seconds"] = time.perf_counter() - t_step
+        m["generate_worker_seconds"] = gen["seconds"]
+        m["generate_tokens_per_s"] = gen["tokens"] / max(gen["seconds"], 1e-9)
+        m["staleness_max"] = max(self.version - tr.completion.version for g in groups for tr in g)
+        self.next_pending = None
+        if cfg.train.async_rollout and step + 1 < cfg.train.steps:
+            self.next_pending = self.submit_rollout(step + 1)
         if self.estimator is not None:  # 3-4. segment + estimate (MRT)
             t = time.perf_counter()
             m.update(self.estimator.estimate(groups, step))
@@ -180,8 +192,9 @@ class Trainer:
         t0 = time.perf_counter()
         if start == 0:
             self.tracker.log(-1, evaluate(self.pool, self.source, cfg, self.grader, "eval"), advance=False)
+        self.next_pending = None
         for step in range(start, cfg.train.steps):
-            metrics = self.step(step)
+            metrics = self.step(step, self.next_pending)
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 metrics.update(evaluate(self.pool, self.source, cfg, self.grader, "eval"))
             self.tracker.log(step, metrics)

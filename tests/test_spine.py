@@ -135,3 +135,16 @@ def test_mrt_two_steps(small_cfg, variant):
     for r in steps:
         assert r["estimate_prefixes"] >= 4 and r["estimate_samples"] >= 2 * r["estimate_prefixes"]
         assert 0.0 <= r["j_c-1"] <= 1.0 and "episodes_mean" in r and r["push_probe_diff"] < 1e-3
+
+
+def test_async_rollout_is_one_version_behind(small_cfg):
+    """Async mode: step k+1 is sampled while step k trains, so its samples are exactly one version old."""
+    from mrt_ray.trainer import Trainer
+
+    cfg = small_cfg("train.async_rollout=true", "train.steps=3")
+    Trainer(cfg).run()
+    rows = [json.loads(ln) for ln in (Path(cfg.run.dir) / "metrics.jsonl").read_text().splitlines()]
+    steps = {r["step"]: r for r in rows if r["step"] in (0, 1, 2)}
+    assert steps[0]["staleness_max"] == 0
+    assert steps[1]["staleness_max"] == 1 and steps[2]["staleness_max"] == 1
+    assert all(r["policy_version"] == k + 1 for k, r in steps.items())

@@ -76,57 +76,62 @@ class Learner:
         return bool(flag.item())
 
     def train_step(self, shard: dict, n_micro: int, global_tokens: int) -> dict:
-        """One optimizer step on this rank's shard, in exactly `n_micro` micro-batches (equal on every rank, so the
-        collectives line up). The loss is scaled so the DeepSpeed gradient average equals a global token mean."""
+        """`learner.ppo_epochs` optimizer steps on this rank's shard, each over exactly `n_micro` micro-batches (equal
+        on every rank, so the collectives line up). The loss is scaled so the DeepSpeed gradient average equals a
+        global token mean. Epoch 1 is on-policy (ratio 1); later epochs clip against the log-probs of epoch 1."""
         t0 = time.perf_counter()
         ac = self.cfg.algo
         n = len(shard["input_ids"])
         size = math.ceil(n / n_micro)
-        chunks = [list(range(i * size, min(n, (i + 1) * size))) for i in range(n_micro)]
+        batches = []  # (collated micro-batch, weight): an empty chunk still runs with weight 0 so every rank reduces
+        for i in range(n_micro):
+            idx = list(range(i * size, min(n, (i + 1) * size)))
+            sub = {key: [v[j] for j in (idx or [0])] for key, v in shard.items()}
+            batches.append((collate(sub, self.tok.pad_token_id, self.device), 1.0 if idx else 0.0))
+        old: list[torch.Tensor | None] = [None] * n_micro
         sums: dict[str, float] = {}
         tokens = 0.0
-        skipped = False
         self.engine.train()
-        for k, idx in enumerate(chunks):
-            weight = 1.0 if idx else 0.0
-            idx = idx or [0]  # an empty chunk still runs (with zero weight) so every rank joins the reduction
-            batch = collate({key: [v[i] for i in idx] for key, v in shard.items()}, self.tok.pad_token_id, self.device)
-            logp, logits = self._logprobs(self.engine, batch)
-            with torch.no_grad():
-                ent = entropy_from_logits(logits.detach())
-                ref_lp = self._logprobs(self.ref, batch)[0] if self.ref is not None else None
-            mask = batch["mask"]
-            is_w = None
-            if self.cfg.train.async_rollout:  # truncated importance weight: learner's old policy / behaviour policy
-                is_w = torch.exp(logp.detach() - batch["rollout_lp"]).clamp(max=self.cfg.train.is_clip) * mask
-            loss, stats = LOSSES[ac.loss](
-                logp, logp.detach(), batch["adv"], mask, ac, ref_logp=ref_lp, is_weight=is_w,
-                entropy=ent if ac.entropy_coef > 0 else None, agg_constant=self.cfg.rollout.max_new_tokens,
-            )
-            ntok = float(mask.sum()) * weight
-            if ac.loss_agg == "token_mean" or ac.loss == "sft":  # exact global token mean across micro-batches/ranks
-                loss = loss * (ntok * self.world / max(1.0, global_tokens))
-            else:
-                loss = loss * weight / n_micro
-            if not self._all_finite(loss.detach()):
-                skipped = True
-                break
-            ds.set_accumulation_boundary(self.engine, k == n_micro - 1)
-            self.engine.backward(loss, scale_wrt_gas=False)
-            self.engine.step()
-            tokens += ntok
-            with torch.no_grad():
-                diff = ((logp.detach() - batch["rollout_lp"]).abs() * mask).sum().item() * weight
-                stats.update(entropy=float((ent * mask).sum() / mask.sum().clamp(min=1)), logprob_diff_sum=diff)
-            for key, v in stats.items():
-                sums[key] = sums.get(key, 0.0) + (v * ntok if key != "logprob_diff_sum" else v)
-        if skipped:
-            self.engine.zero_grad()
-            self.bad_steps += 1
-            return {"skipped": 1.0, "bad_steps": float(self.bad_steps), "learn_seconds": time.perf_counter() - t0}
+        for epoch in range(self.cfg.learner.ppo_epochs):
+            for k, (batch, weight) in enumerate(batches):
+                logp, logits = self._logprobs(self.engine, batch)
+                if old[k] is None:
+                    old[k] = logp.detach()
+                with torch.no_grad():
+                    ent = entropy_from_logits(logits.detach())
+                    ref_lp = self._logprobs(self.ref, batch)[0] if self.ref is not None else None
+                mask = batch["mask"]
+                is_w = None
+                if self.cfg.train.async_rollout:  # truncated IS weight: learner's old policy / behaviour policy
+                    is_w = torch.exp(old[k] - batch["rollout_lp"]).clamp(max=self.cfg.train.is_clip) * mask
+                loss, stats = LOSSES[ac.loss](
+                    logp, old[k], batch["adv"], mask, ac, ref_logp=ref_lp, is_weight=is_w,
+                    entropy=ent if ac.entropy_coef > 0 else None, agg_constant=self.cfg.rollout.max_new_tokens,
+                )
+                ntok = float(mask.sum()) * weight
+                if ac.loss_agg == "token_mean" or ac.loss == "sft":  # exact global token mean
+                    loss = loss * (ntok * self.world / max(1.0, global_tokens))
+                else:
+                    loss = loss * weight / n_micro
+                if not self._all_finite(loss.detach()):
+                    self.engine.zero_grad()
+                    self.bad_steps += 1
+                    return {"skipped": 1.0, "bad_steps": float(self.bad_steps),
+                            "learn_seconds": time.perf_counter() - t0}
+                ds.set_accumulation_boundary(self.engine, k == n_micro - 1)
+                self.engine.backward(loss, scale_wrt_gas=False)
+                self.engine.step()
+                tokens += ntok
+                with torch.no_grad():
+                    stats["entropy"] = float((ent * mask).sum() / mask.sum().clamp(min=1))
+                    diff = ((logp.detach() - batch["rollout_lp"]).abs() * mask).sum().item() * weight
+                for key, v in stats.items():
+                    sums[key] = sums.get(key, 0.0) + v * ntok
+                if epoch == 0:
+                    sums["logprob_diff_sum"] = sums.get("logprob_diff_sum", 0.0) + diff
         out = {k: v / max(tokens, 1.0) for k, v in sums.items() if k != "logprob_diff_sum"}
-        out.update(tokens=tokens, logprob_diff_sum=sums.get("logprob_diff_sum", 0.0), skipped=0.0,
-                   grad_norm=ds.grad_norm(self.engine), lr=self.engine.get_lr()[0],
+        out.update(tokens=tokens / self.cfg.learner.ppo_epochs, logprob_diff_sum=sums.get("logprob_diff_sum", 0.0),
+                   skipped=0.0, grad_norm=ds.grad_norm(self.engine), lr=self.engine.get_lr()[0],
                    learn_seconds=time.perf_counter() - t0)
         return out
 

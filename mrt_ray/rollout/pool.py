@@ -19,12 +19,16 @@ class RolloutPool:
     def __init__(self, workers: list):
         self.workers = workers
 
-    def generate(self, requests: list[Request]) -> tuple[list[list[Completion]], dict]:
-        """Completions per request, in request order. Stats: tokens and the slowest worker's seconds."""
+    def submit(self, requests: list[Request]) -> list:
+        """Start generation (requests split evenly over the workers); returns the pending futures."""
         k = len(self.workers)
         size = -(-len(requests) // k)
         chunks = [requests[i * size:(i + 1) * size] for i in range(k)]
-        futures = [w.generate.remote(c) for w, c in zip(self.workers, chunks) if c]
+        return [w.generate.remote(c) for w, c in zip(self.workers, chunks) if c]
+
+    @staticmethod
+    def collect(futures: list) -> tuple[list[list[Completion]], dict]:
+        """Completions per request, in request order. Stats: tokens and the slowest worker's seconds."""
         out, tokens, seconds = [], 0, 0.0
         for groups, st in ray.get(futures):
             out.extend(groups)
@@ -32,13 +36,23 @@ class RolloutPool:
             seconds = max(seconds, st["seconds"])
         return out, {"tokens": tokens, "seconds": seconds}
 
-    def rollout(self, problems: list[Problem], encode, spec: SamplingSpec, seed_parts: tuple) -> tuple[
-            list[list[Trajectory]], dict]:
-        """n trajectories per problem (`spec.n`), seeded per prompt."""
+    def generate(self, requests: list[Request]) -> tuple[list[list[Completion]], dict]:
+        return self.collect(self.submit(requests))
+
+    def submit_rollout(self, problems: list[Problem], encode, spec: SamplingSpec, seed_parts: tuple) -> tuple:
+        """Start sampling n trajectories per problem (`spec.n`), seeded per prompt; finish with `collect_rollout`."""
         prompt_ids = [encode(p.prompt) for p in problems]
         reqs = [Request(ids, SamplingSpec(**{**spec.__dict__, "seed": request_seed(*seed_parts, i)}), key=p.id)
                 for i, (p, ids) in enumerate(zip(problems, prompt_ids))]
-        outs, stats = self.generate(reqs)
+        return problems, prompt_ids, self.submit(reqs)
+
+    def collect_rollout(self, pending: tuple) -> tuple[list[list[Trajectory]], dict]:
+        problems, prompt_ids, futures = pending
+        outs, stats = self.collect(futures)
         groups = [[Trajectory(problem=p, prompt_ids=ids, completion=c, group=g) for c in comps]
                   for g, (p, ids, comps) in enumerate(zip(problems, prompt_ids, outs))]
         return groups, stats
+
+    def rollout(self, problems: list[Problem], encode, spec: SamplingSpec, seed_parts: tuple) -> tuple[
+            list[list[Trajectory]], dict]:
+        return self.collect_rollout(self.submit_rollout(problems, encode, spec, seed_parts))
