@@ -218,6 +218,13 @@ class WandbConfig:
 
 
 @dataclass
+class SweepConfig:
+    """`mrt-ray sweep`: the length-penalty family, one model per alpha (same seed and steps)."""
+
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.4])  # one model per algo.alpha
+
+
+@dataclass
 class RayConfig:
     address: str = ""  # empty: RAY_ADDRESS, else a local cluster on 127.0.0.1
     num_cpus: int = 0  # local cluster only; 0: all cores
@@ -240,6 +247,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 
