@@ -13,6 +13,8 @@ COMMANDS = {
     "bootstrap": "build and SFT the embedded base policy (cached by config hash)",
     "eval": "evaluate models (model=[LABEL:]PATH ... data=embedded|FILE): pass@1, maj@k, budget forcing, regret, "
             "J by episode",
+    "sweep": "train the length-penalty family (algo=length_penalty, one model per sweep.alphas, same seed and "
+             "steps) and write a table and a Pareto plot of held-out accuracy against mean tokens",
 }
 
 
@@ -42,6 +44,8 @@ def run(argv: list[str]) -> int:
 
         eval_args = parse_eval_args(overrides)
         overrides = list(eval_args.overrides)
+    if args.command == "sweep":  # the preset comes first, so the user's algo.* overrides apply to every member
+        overrides = ["algo=length_penalty", *overrides]
     cfg = load_config(args.config, overrides)
     if args.dry_run:
         print(to_yaml(cfg), end="")
@@ -60,6 +64,10 @@ def run(argv: list[str]) -> int:
         from mrt_ray.eval.runner import run_eval
 
         print(json.dumps(run_eval(cfg, eval_args.models), indent=2))
+    elif args.command == "sweep":
+        from mrt_ray.sweep import run_sweep
+
+        print(json.dumps(run_sweep(cfg), indent=2))
     return 0
 
 
