@@ -27,18 +27,18 @@ CHARS = ["\n"] + [chr(c) for c in range(32, 127)]
 
 
 def build_tokenizer():
-    """Character-level tokenizer: one token per printable ASCII character or newline, plus <pad>/<eos>/<unk>."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """Character-level tokenizer: one token per printable ASCII character or newline, plus <pad>/<eos>/<unk>.
 
-    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>", model_max_length=4096,
-        clean_up_tokenization_spaces=False,
-    )
+    Built as a byte-level BPE with no merges (Qwen2's tokenizer class), so every character is one token AND the
+    saved files reload identically: AutoTokenizer (and so vLLM) maps a Qwen2 model to Qwen2Tokenizer, which rebuilds
+    its own byte-level pipeline; a plain WordLevel tokenizer silently lost its newline tokens on that reload."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_chars = bytes_to_unicode()
+    vocab = {t: i for i, t in enumerate(SPECIALS + [byte_chars[ord(c)] for c in CHARS])}
+    return Qwen2Tokenizer(vocab=vocab, merges=[], unk_token="<unk>", eos_token="<eos>", pad_token="<pad>",
+                          model_max_length=4096, clean_up_tokenization_spaces=False)
 
 
 def build_model(cfg: BootstrapConfig, vocab_size: int, max_len: int, seed: int):
@@ -69,7 +69,7 @@ def cache_key(cfg: Config) -> str:
         "task": {k: getattr(cfg.task, k) for k in ("min_terms", "max_terms", "max_operand", "max_value")},
         "seed": cfg.seed,
         "max_model_len": cfg.model.max_model_len,
-        "format": 1,
+        "format": 2,  # 2: byte-level character tokenizer
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 

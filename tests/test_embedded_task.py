@@ -221,3 +221,23 @@ def test_tokenizer_loads_back_with_auto_tokenizer(tok, tmp_path: Path) -> None:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert loaded(text, add_special_tokens=False)["input_ids"] == ids
         assert loaded.decode(ids) == text
+
+
+def test_tokenizer_reloads_identically_beside_a_qwen2_config(tmp_path):
+    """Regression: AutoTokenizer maps a Qwen2 model directory to Qwen2Tokenizer; the reloaded tokenizer must encode
+    every trace exactly like the one SFT used (a WordLevel tokenizer once lost its newline tokens here)."""
+    from transformers import AutoTokenizer, Qwen2Config
+
+    from mrt_ray.bootstrap import build_tokenizer
+
+    built = build_tokenizer()
+    built.save_pretrained(tmp_path)
+    Qwen2Config().save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    for i in range(10):
+        p = make_problem(0, "eval", i)
+        for style in STYLES:
+            text = p.prompt + make_trace(p, style, random.Random(i))
+            ids = built(text, add_special_tokens=False)["input_ids"]
+            assert loaded(text, add_special_tokens=False)["input_ids"] == ids
+            assert len(ids) == len(text) and loaded.decode(ids) == text
