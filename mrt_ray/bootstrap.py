@@ -7,6 +7,7 @@ that RL has both accuracy and length to improve. Saved in HF format (safetensors
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -137,8 +138,16 @@ def hf_evaluate(model, tok, problems, max_new_tokens: int, greedy: bool = True, 
 def bootstrap(cfg: Config, force: bool = False, eval_size: int | None = None) -> Path:
     """Train (or find in the cache) the embedded base policy; returns its HF directory."""
     out = base_model_dir(cfg)
-    if (out / "bootstrap.json").is_file() and not force:
-        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:  # concurrent runs wait for the one that trains
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "bootstrap.json").is_file() and not force:
+            return out
+        _train_base(cfg, out, eval_size)
+    return out
+
+
+def _train_base(cfg: Config, out: Path, eval_size: int | None) -> None:
     bc = cfg.bootstrap
     seed_everything(cfg.seed)
     torch.set_num_threads(bc.threads)
@@ -178,4 +187,3 @@ def bootstrap(cfg: Config, force: bool = False, eval_size: int | None = None) ->
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "bootstrap.json").write_text(json.dumps(report, indent=2))
-    return out
