@@ -56,7 +56,7 @@ class Tracker:
         wdir.mkdir(parents=True, exist_ok=True)
         for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
                          ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
-            os.environ.setdefault(var, str(wdir / sub))
+            os.environ[var] = str(wdir / sub)  # this run's own dirs (a sweep runs several in one process)
         self.wandb = wandb.init(
             project=wc.project, entity=wc.entity or None, group=wc.group or None, tags=list(wc.tags) or None,
             name=wc.name or self.cfg.run.name, dir=str(wdir), mode=mode, config=redact(to_dict(self.cfg)),

@@ -15,10 +15,15 @@ def sample_stats(groups, grader) -> dict[str, float]:
     lengths = [t.length for g in groups for t in g]
     acc, se = pass_at_1(correct)
     stats = token_stats(lengths)
+    per_prompt = [sum(t.length for t in g) / len(g) for g in groups]  # tokens se: over prompts, like accuracy
+    mean = sum(per_prompt) / len(per_prompt)
+    tokens_se = (math.sqrt(sum((x - mean) ** 2 for x in per_prompt) / (len(per_prompt) - 1) / len(per_prompt))
+                 if len(per_prompt) > 1 else 0.0)
     return {
         "accuracy": acc,
         "accuracy_se": 0.0 if math.isnan(se) else se,
         "tokens_mean": stats["mean"],
+        "tokens_se": tokens_se,
         "tokens_p90": stats["p90"],
         "truncation": truncation_rate([t.completion.finished for g in groups for t in g]),
     }
