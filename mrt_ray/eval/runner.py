@@ -202,11 +202,9 @@ class EvalRunner:
         answers = [[extract_answer(t.completion.text, marker) if t.completion.finished else None for t in g]
                    for g in groups]
         golds = [g[0].problem.answer for g in groups]
-        lengths = np.array([t.length for g in groups for t in g], dtype=np.float64)  # [prompts * k]
         stats.update({
             "maj@k": maj_at_k(answers, golds, k, self.vote_grader), "k": k,
-            "tokens_p50": token_stats(lengths.tolist())["p50"],
-            "tokens_se": float(lengths.std(ddof=1) / math.sqrt(lengths.size)) if lengths.size > 1 else 0.0,
+            "tokens_p50": token_stats([t.length for g in groups for t in g])["p50"],
             "accuracy_per_1k_tokens": accuracy_per_1k_tokens(stats["accuracy"], stats["tokens_mean"]),
         })
         return stats
