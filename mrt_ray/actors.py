@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import ray
 from ray.util.placement_group import placement_group
@@ -100,6 +101,24 @@ class Placement:
     def node_address(self, role: str, i: int) -> tuple[str, int]:
         """IP of the node holding bundle (role, i) and a free port there (for a TCPStore rendezvous)."""
         return ray.get(_node_address.options(num_cpus=0, scheduling_strategy=self.strategy(role, i)).remote())
+
+
+def wait_ready(actor, name: str, timeout_s: float) -> dict:
+    """`actor.ready()`, waiting while Ray restarts the actor (calls to a restarting actor fail at once with
+    ActorUnavailableError, since max_task_retries=0). An actor out of restarts, or not back within `timeout_s`, is an
+    error naming it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not come back from a restart within {timeout_s:g}s") from None
+            time.sleep(0.5)
+        except ray.exceptions.RayActorError as e:
+            raise RuntimeError(f"{name} died and Ray did not restart it (its max_restarts are used up): {e}") from e
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(f"{name} did not answer ready() within {timeout_s:g}s") from None
 
 
 def stop(actors: list) -> None:

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mrt_ray import checkpoint
-from mrt_ray.actors import Placement, init_ray
+from mrt_ray.actors import Placement, init_ray, stop
 from mrt_ray.algos.assign import assign_advantages, uniform_groups
 from mrt_ray.config import Config, from_yaml_file, to_yaml, uses_estimator
 from mrt_ray.eval.heldout import evaluate
@@ -95,6 +95,9 @@ class Trainer:
         tol = 1e-3 if cfg.model.dtype == "float32" else 5e-2
         self.sync = WeightSync(self.learners, self.workers + (self.estimator.workers if self.estimator else []),
                                self.placement, probe_ids, local, cfg.learner.collective_timeout_s, tol)
+        self.pool.guard(self.sync, "rollout")  # a restarted worker is re-armed with the current weights and re-run
+        if self.estimator is not None:
+            self.estimator.pool.guard(self.sync, "estimator")
 
     # ------------------------------------------------------------------ one step
     def submit_rollout(self, step: int) -> tuple:
@@ -179,15 +182,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
+        """Train (or continue, with `resume=`) to train.steps. The actors and their placement group are released at
+        the end, also on error, so the Ray session can host the next run."""
+        resumed = (self.dir / "metrics.jsonl").exists()  # make_run_dir refuses such a dir for a fresh run
+        self.start_actors()
+        try:
+            return self._run(resumed)
+        finally:
+            stop(self.learners.actors + self.workers + (self.estimator.workers if self.estimator is not None else []))
+            self.placement.remove()
+
+    def _run(self, resumed: bool) -> dict:
         cfg = self.cfg
         start, self.version, wandb_id = 0, 0, ""
-        self.start_actors()
         if self.resume_from is not None:
             state = checkpoint.load(self.resume_from, self.learners)
             start, self.version, wandb_id = state["step"] + 1, state["version"], state.get("wandb_id", "")
         self.tracker = Tracker(cfg, self.dir, cfg.train.steps, start, wandb_id)
-        if self.resume_from is not None:
-            self.tracker.truncate(start - 1)
+        if resumed:  # rows past the checkpoint are rewritten; no checkpoint yet: all (the first eval runs again)
+            self.tracker.truncate(start - 1 if start else -2)
         self.sync.push(self.version)  # every worker serves the learner's weights (verified) before step `start`
         t0 = time.perf_counter()
         if start == 0:
@@ -195,6 +208,8 @@ class Trainer:
         self.next_pending = None
         for step in range(start, cfg.train.steps):
             metrics = self.step(step, self.next_pending)
+            metrics.update(worker_restarts=self.sync.restarts, rollout_reruns=self.pool.reruns + (
+                self.estimator.pool.reruns if self.estimator is not None else 0))
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 metrics.update(evaluate(self.pool, self.source, cfg, self.grader, "eval"))
             self.tracker.log(step, metrics)
@@ -204,7 +219,7 @@ class Trainer:
         self.tracker.log(cfg.train.steps, final, advance=False)
         ckpt = self._save(cfg.train.steps - 1)
         summary = {"steps": cfg.train.steps, "train_seconds": time.perf_counter() - t0, "checkpoint": str(ckpt / "hf"),
-                   "model": self.model_path, **final}
+                   "model": self.model_path, "data_skipped": self.source.skipped, **final}
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.tracker.close()
         return summary

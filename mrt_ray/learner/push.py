@@ -2,14 +2,18 @@
 
 One metadata RPC at connect time; per push one RPC per actor and the tensors over the weight group (gloo/NCCL).
 Every push is verified twice: per-tensor checksums (the bytes arrived) and a log-prob probe on a fixed sequence
-(the engine actually serves the new weights). A failed or partial push raises."""
+(the engine actually serves the new weights). A failed or partial push raises.
+
+A worker that Ray restarted (a fresh process: base weights, no weight group) is found before every push by its
+process id; the weight group is then rebuilt (every member joins a NEW group on a new port; the old one is dropped,
+and all its operations carry a timeout) and the push goes to all workers, the restarted one included."""
 from __future__ import annotations
 
 import time
 
 import ray
 
-from mrt_ray.actors import Placement
+from mrt_ray.actors import Placement, wait_ready
 from mrt_ray.learner.group import LearnerGroup
 from mrt_ray.learner.weight_group import verify_checksums
 
@@ -21,11 +25,19 @@ class WeightSync:
         self.probe_ids, self.local, self.timeout_s, self.probe_tol = probe_ids, local, timeout_s, probe_tol
         self.metas = ray.get(learners.actors[0].weight_metas.remote())
         self.bytes = sum(_numel(s) * _itemsize(d) for _, s, d in self.metas)
+        self.version: int | None = None  # the policy version every worker holds (set by push)
+        self.restarts = 0  # workers found restarted (a new process) and re-joined
         self.connect()
 
-    def connect(self) -> None:
-        """(Re)build the weight group: learner rank 0 is rank 0, then each worker's engine ranks in order."""
-        sizes = [info["group_size"] for info in ray.get([w.ready.remote() for w in self.workers])]
+    def _ready(self) -> list[dict]:
+        return [wait_ready(w, f"inference worker {i}", self.timeout_s) for i, w in enumerate(self.workers)]
+
+    def connect(self, infos: list[dict] | None = None) -> None:
+        """(Re)build the weight group: learner rank 0 is rank 0, then each worker's engine ranks in order.
+        `infos`: the workers' ready() answers, when the caller has them."""
+        infos = infos or self._ready()
+        self.pids = [info["pid"] for info in infos]  # the processes that are members of the group
+        sizes = [info["group_size"] for info in infos]
         world = 1 + sum(sizes)
         ip, port = self.placement.node_address("learner", 0)
         ip = "127.0.0.1" if self.local else ip
@@ -38,6 +50,14 @@ class WeightSync:
         ray.get(futures, timeout=self.timeout_s)
 
     def push(self, version: int) -> dict:
+        """Send the learner's weights as `version` to every worker (re-joining restarted ones first) and verify."""
+        infos = self._ready()
+        restarted = [i for i, (info, pid) in enumerate(zip(infos, self.pids)) if info["pid"] != pid]
+        if restarted:
+            print(f"mrt-ray: inference workers {restarted} were restarted (new processes); rebuilding the weight "
+                  f"group", flush=True)
+            self.restarts += len(restarted)
+            self.connect(infos)
         t0 = time.perf_counter()
         send = [a.push_weights.remote() for a in self.learners.actors]
         recv = [w.receive_weights.remote(version) for w in self.workers]
@@ -48,6 +68,7 @@ class WeightSync:
             for r, sums in enumerate(per_rank):
                 verify_checksums(sent["sums"], sums, f"worker {i} (engine rank {r})")
         diff = self.probe()
+        self.version = version
         return {"push_seconds": seconds, "push_broadcast_seconds": sent["seconds"],
                 "push_gbps": self.bytes / max(sent["seconds"], 1e-9) / 1e9, "push_probe_diff": diff}
 

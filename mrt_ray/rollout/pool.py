@@ -1,13 +1,27 @@
-"""Step 2 of the data path: sample n completions per prompt on the rollout workers (requests split evenly)."""
+"""Step 2 of the data path: sample n completions per prompt on the rollout workers (requests split evenly).
+
+Worker failure: Ray restarts a dead worker process (`rollout.max_restarts`). A chunk whose worker died before
+answering, or whose answer came from a policy version other than the one the pool expected (a worker restarted since
+the last push serves the base weights), is re-run on the restarted worker with the SAME requests and seeds, after the
+pool's WeightSync has re-armed it (rebuilt the weight group and pushed the current version). Results are placed by
+chunk position, so no sample is lost or counted twice. A pool without a WeightSync (`guard`) cannot re-arm a worker:
+a dead worker is then an error naming it.
+"""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import ray
 
+from mrt_ray.actors import wait_ready
 from mrt_ray.rollout.types import Completion, Request, SamplingSpec
 from mrt_ray.tasks import Problem
 from mrt_ray.trajectory import Trajectory
+
+if TYPE_CHECKING:
+    from mrt_ray.learner.push import WeightSync
 
 
 def request_seed(*parts) -> int:
@@ -15,26 +29,75 @@ def request_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little") >> 1
 
 
+@dataclass
+class Chunk:
+    """One worker's share of a submit: enough to re-run it exactly."""
+
+    worker: int
+    requests: list[Request]
+    future: ray.ObjectRef
+    version: int | None  # the policy version its worker was given when it was submitted (None: not checked)
+    reruns: int = 0
+
+
 class RolloutPool:
     def __init__(self, workers: list):
         self.workers = workers
+        self.sync: WeightSync | None = None
+        self.role = "rollout"
+        self.reruns = 0  # chunks re-run after a worker was lost
 
-    def submit(self, requests: list[Request]) -> list:
-        """Start generation (requests split evenly over the workers); returns the pending futures."""
+    def guard(self, sync: WeightSync, role: str = "rollout") -> None:
+        """Re-arm restarted workers through `sync` (re-join the weight group, receive the current version) and check
+        that every answer comes from the version `sync` last pushed. `role` names the pool in messages."""
+        self.sync, self.role = sync, role
+
+    def submit(self, requests: list[Request]) -> list[Chunk]:
+        """Start generation (requests split evenly over the workers); returns the pending chunks."""
         k = len(self.workers)
         size = -(-len(requests) // k)
         chunks = [requests[i * size:(i + 1) * size] for i in range(k)]
-        return [w.generate.remote(c) for w, c in zip(self.workers, chunks) if c]
+        return [self._start(i, c) for i, c in enumerate(chunks) if c]
 
-    @staticmethod
-    def collect(futures: list) -> tuple[list[list[Completion]], dict]:
+    def _start(self, i: int, requests: list[Request], reruns: int = 0) -> Chunk:
+        version = self.sync.version if self.sync is not None else None
+        return Chunk(i, requests, self.workers[i].generate.remote(requests), version, reruns)
+
+    def collect(self, pending: list[Chunk]) -> tuple[list[list[Completion]], dict]:
         """Completions per request, in request order. Stats: tokens and the slowest worker's seconds."""
         out, tokens, seconds = [], 0, 0.0
-        for groups, st in ray.get(futures):
+        for chunk in pending:
+            groups, st = self._result(chunk)
             out.extend(groups)
             tokens += st["tokens"]
             seconds = max(seconds, st["seconds"])
         return out, {"tokens": tokens, "seconds": seconds}
+
+    def _result(self, chunk: Chunk) -> tuple[list[list[Completion]], dict]:
+        """One chunk's answer; a lost worker's chunk is re-run (bounded by Ray's restarts of that worker)."""
+        name = f"{self.role} worker {chunk.worker}"
+        while True:
+            try:
+                groups, st = ray.get(chunk.future)
+            except ray.exceptions.RayActorError as e:
+                cause = f"{type(e).__name__}: the process died"
+            else:
+                served = {c.version for g in groups for c in g}
+                if chunk.version is None or served <= {chunk.version}:
+                    return groups, st
+                if chunk.reruns:  # re-armed and still wrong: not a restart, a bug
+                    raise RuntimeError(f"{name} served policy versions {sorted(served)} after being re-armed with "
+                                       f"version {chunk.version}")
+                cause = f"it served policy version {sorted(served)} instead of {chunk.version} (restarted)"
+            if self.sync is None or self.sync.version is None:
+                raise RuntimeError(f"{name} was lost ({cause}) and this pool has no pushed weights to re-arm a "
+                                   f"restarted worker with")
+            info = wait_ready(self.workers[chunk.worker], name, self.sync.timeout_s)
+            print(f"mrt-ray: {name} lost ({cause}); restarted as pid {info['pid']}; pushing policy version "
+                  f"{self.sync.version} and re-running its {len(chunk.requests)} requests", flush=True)
+            self.sync.push(self.sync.version)  # finds the new process, rebuilds the weight group, verifies
+            self.reruns += 1
+            chunk = self._start(chunk.worker, chunk.requests, chunk.reruns + 1)
 
     def generate(self, requests: list[Request]) -> tuple[list[list[Completion]], dict]:
         return self.collect(self.submit(requests))
