@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from mrt_ray.config import Config, to_dict
 
-SECRET = re.compile(r"(key|token|secret|password|passwd|credential)", re.I)
+# secret-looking names (config keys and env vars); not `max_new_tokens` or `question_key`, which are no secrets
+SECRET = re.compile(r"(api_?key|access_?key|private_?key|secret|passw(or)?d|credential|^(key|token)$|_token$)", re.I)
 HEADLINE = ("reward", "accuracy", "tokens_mean", "kl", "step_seconds")
 
 
@@ -63,6 +64,10 @@ class Tracker:
             id=self.wandb_id or None, resume="allow" if self.wandb_id else None,
         )
         self.wandb_id = self.wandb.id
+        # W&B's own step starts at 0 and only increases, so it would drop step -1 (the evaluation before training)
+        # and the steps a resumed run logs again: every metric is plotted against our `step` instead
+        self.wandb.define_metric("step")
+        self.wandb.define_metric("*", step_metric="step")
 
     def truncate(self, last_step: int) -> None:
         """Drop metrics past `last_step` (a resumed run rewrites them)."""
@@ -77,7 +82,7 @@ class Tracker:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in row.items() if v is not None and k != "step"}, step=step)
+            self.wandb.log({k: v for k, v in row.items() if v is not None})
         if advance:
             self.bar.update(1)
             shown = {k: f"{metrics[k]:.3g}" for k in HEADLINE if isinstance(metrics.get(k), (int, float))}
@@ -87,13 +92,13 @@ class Tracker:
         if self.wandb is not None:
             import wandb
 
-            self.wandb.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
+            self.wandb.log({"step": step, name: wandb.Table(columns=columns, data=rows)})
 
     def image(self, name: str, path: Path, step: int | None = None) -> None:
         if self.wandb is not None:
             import wandb
 
-            self.wandb.log({name: wandb.Image(str(path))}, step=step)
+            self.wandb.log({name: wandb.Image(str(path)), **({} if step is None else {"step": step})})
 
     def close(self) -> None:
         self.bar.close()
