@@ -1,0 +1,65 @@
+"""A 2-step smoke of the benchmark harness's mrt-ray side (bench/harness.py, bench/raw_broadcast.py, the prompt
+hand-off of bench/vs_trl.py) on the tiny random model. No TRL, and nothing about time is asserted."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def test_phase_summary_and_table():
+    from harness import markdown_table, phase_summary
+
+    rows = [  # hand-made: step 0 overhead 1.2/1.0, step 1 2.2/2.0, step 2 3.0/2.5
+        {"generate_seconds": 0.5, "score_seconds": 0.1, "learn_seconds_wall": 0.3, "push_seconds": 0.1,
+         "step_seconds": 1.2},
+        {"generate_seconds": 1.0, "score_seconds": 0.2, "learn_seconds_wall": 0.6, "push_seconds": 0.2,
+         "step_seconds": 2.2},
+        {"generate_seconds": 1.5, "estimate_seconds": 0.5, "score_seconds": 0.1, "learn_seconds_wall": 0.3,
+         "push_seconds": 0.1, "step_seconds": 3.0},
+    ]
+    s = phase_summary(rows)
+    assert s["generate_seconds"] == 1.0 and s["step_seconds"] == 2.2 and s["estimate_seconds"] == 0.5
+    assert s["overhead"] == pytest.approx(1.2)  # median of 1.2, 1.1, 1.2
+    assert s["steps"] == 3
+    assert markdown_table(["a", "b"], [["x", 0.123456], [2, float("nan")]]) == (
+        "| a | b |\n|---|---|\n| x | 0.123 |\n| 2 | n/a |")
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_session_two_steps_and_raw_broadcast(small_cfg):
+    from harness import PHASES, MrtSession, read_metrics
+    from raw_broadcast import raw_broadcast_seconds, state_bytes
+
+    session = MrtSession(small_cfg("wandb.log_samples_every=0"))
+    try:
+        rows = session.steps(1) + session.steps(1)
+        metas, nbytes = session.trainer.sync.metas, session.trainer.sync.bytes
+    finally:
+        session.close()
+    assert [r["step"] for r in rows] == [0, 1]
+    assert rows == read_metrics(session.metrics_path)  # what the bench reports is what the run logged
+    for r in rows:
+        assert r["policy_version"] == r["step"] + 1
+        for key in [p for p in PHASES if p != "estimate_seconds"] + ["step_seconds", "push_broadcast_seconds"]:
+            assert key in r, key
+    assert state_bytes(metas) == nbytes  # the raw broadcast moves exactly the pushed bytes
+    times = raw_broadcast_seconds(metas, reps=2)
+    assert len(times) == 2 and all(t > 0 for t in times)
+
+
+def test_trl_prompts_follow_mrt_steps(small_cfg, tmp_path):
+    """TRL's dataset lists mrt-ray's prompts for steps 0, 1, ... in order (TRL runs with shuffle_dataset=False)."""
+    from vs_trl import trl_spec
+
+    from mrt_ray.tasks.source import PromptSource
+
+    cfg = small_cfg()
+    spec = trl_spec(cfg, "MODEL", n_steps=2, threads=1, out_dir=tmp_path)
+    source = PromptSource(cfg)
+    expected = [{"prompt": p.prompt, "answer": p.answer} for s in (0, 1) for p in source.batch(s)]
+    assert spec["rows"] == expected and len(expected) == 2 * cfg.train.prompts_per_step
+    assert (spec["n_samples"], spec["max_new_tokens"], spec["prompts_per_step"]) == (4, 48, 4)
