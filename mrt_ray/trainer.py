@@ -15,7 +15,8 @@ from pathlib import Path
 from mrt_ray import checkpoint
 from mrt_ray.actors import Placement, init_ray, stop
 from mrt_ray.algos.assign import assign_advantages, uniform_groups
-from mrt_ray.config import Config, from_yaml_file, to_yaml, uses_estimator
+from mrt_ray.config import Config, from_yaml_file, to_yaml
+from mrt_ray.validation import uses_estimator
 from mrt_ray.eval.heldout import evaluate
 from mrt_ray.eval.metrics import token_stats
 from mrt_ray.learner.group import LearnerGroup

@@ -2,7 +2,7 @@
 
 Per key: the type (the dataclass annotation), the default (a fresh `Config()`, nested overrides included), and the
 meaning: the field's trailing `# comment` in config.py, else its entry in `MEANINGS` below (comment lines just above
-a field are prefixed to it). Allowed values come from config.py's `_CHOICES` and from the registries. The
+a field are prefixed to it). Allowed values come from validation.py's `_CHOICES` and from the registries. The
 presets table is read from conf/<group>/*.yaml. A key whose name no module reads is marked
 "not read by any code yet". `tests/test_config.py` fails when the file is stale, when a key has
 no meaning, and when `MEANINGS` names a key that is gone or that config.py now comments itself.
@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mrt_ray import config as C  # noqa: E402
+from mrt_ray import validation as V  # noqa: E402
 
 CONFIG_PY = REPO / "mrt_ray" / "config.py"
 DOC = REPO / "docs" / "configuration.md"
@@ -248,7 +249,7 @@ def _value(v: Any) -> str:
 
 
 def section_tables(means: dict[str, str]) -> str:
-    allowed = {**{k: list(v) for k, v in C._CHOICES.items()}, **registries()}
+    allowed = {**{k: list(v) for k, v in V._CHOICES.items()}, **registries()}
     docs = {node.name: ast.get_docstring(node) for node in ast.parse(CONFIG_PY.read_text()).body
             if isinstance(node, ast.ClassDef)}
     unread = unread_keys()
