@@ -25,11 +25,19 @@ def init_ray(cfg: Config) -> None:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
         port = cfg.ray.dashboard_port
-        if not _port_free(port):  # another local Ray (or anything else) holds it: take a free one, say which
-            port = free_port()
-            print(f"mrt-ray: dashboard port {cfg.ray.dashboard_port} is taken; using 127.0.0.1:{port}")
-        ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=port, runtime_env=env, log_to_driver=True)
+        for attempt in range(3):
+            if not _port_free(port):  # another local Ray (or anything else) holds it: take a free one, say which
+                port = free_port()
+                print(f"mrt-ray: dashboard port {cfg.ray.dashboard_port} is taken; using 127.0.0.1:{port}")
+            try:
+                ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=True, dashboard_host="127.0.0.1",
+                         dashboard_port=port, runtime_env=env, log_to_driver=True)
+                return
+            except Exception as e:  # noqa: BLE001 - a concurrent run took the port between the check and the bind
+                ray.shutdown()
+                if "dashboard" not in str(e) or attempt == 2:
+                    raise
+                port = free_port()
 
 
 def _port_free(port: int) -> bool:
