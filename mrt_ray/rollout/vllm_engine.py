@@ -48,6 +48,10 @@ class VLLMEngine:
         )
         if cpu:
             kwargs["kv_cache_memory_bytes"] = int(rc.kv_cache_gib * 2**30)
+            # Never split a prompt over scheduler steps: chunked prefill rewinds a seeded request's generator offset,
+            # which CPU generators do not support ("CPU Generator does not use offset").
+            kwargs["max_num_seqs"] = rc.max_num_seqs
+            kwargs["max_num_batched_tokens"] = rc.max_num_seqs * cfg.model.max_model_len
         else:
             kwargs["gpu_memory_utilization"] = rc.gpu_memory_utilization
         self.llm = vllm.LLM(**kwargs)

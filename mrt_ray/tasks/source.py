@@ -28,7 +28,7 @@ class PromptSource:
             problems = res.problems
             if tc.eval_path:
                 self.train = problems
-                self.eval = load_problems(tc, tc.eval_path, tokenizer, limit)[0][: cfg.eval.size]
+                self.eval = load_problems(tc, tc.eval_path, tokenizer, limit).problems[: cfg.eval.size]
             else:
                 if len(problems) <= cfg.eval.size:
                     raise DataError(f"{tc.path}: {len(problems)} usable rows, but eval.size={cfg.eval.size} are held "
