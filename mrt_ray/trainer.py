@@ -8,6 +8,7 @@ summary.json.
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -78,7 +79,7 @@ class Trainer:
     def start_actors(self) -> None:
         cfg = self.cfg
         init_ray(cfg)
-        local = not (cfg.ray.address or __import__("os").environ.get("RAY_ADDRESS"))
+        local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
         self.placement = Placement(cfg, with_estimators=self.mrt)
         self.learners = LearnerGroup(cfg, self.placement, self.model_path, local)
         self.workers = [
