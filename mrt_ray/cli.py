@@ -15,6 +15,8 @@ COMMANDS = {
             "J by episode",
     "sweep": "train the length-penalty family (algo=length_penalty, one model per sweep.alphas, same seed and "
              "steps) and write a table and a Pareto plot of held-out accuracy against mean tokens",
+    "star": "MRT-STaR (algo=star): sample, estimate J after every episode, fine-tune on the correct traces that make "
+            "the most progress",
 }
 
 
@@ -44,8 +46,8 @@ def run(argv: list[str]) -> int:
 
         eval_args = parse_eval_args(overrides)
         overrides = list(eval_args.overrides)
-    if args.command == "sweep":  # the preset comes first, so the user's algo.* overrides apply to every member
-        overrides = ["algo=length_penalty", *overrides]
+    if args.command in ("sweep", "star"):  # the preset comes first, so the user's algo.* overrides still apply
+        overrides = ["algo=length_penalty" if args.command == "sweep" else "algo=star", *overrides]
     cfg = load_config(args.config, overrides)
     if args.dry_run:
         print(to_yaml(cfg), end="")
@@ -55,7 +57,7 @@ def run(argv: list[str]) -> int:
 
         path = bootstrap(cfg)
         print(json.dumps({"model": str(path), **json.loads((path / "bootstrap.json").read_text())}, indent=2))
-    elif args.command == "train":
+    elif args.command in ("train", "star"):
         from mrt_ray.trainer import train
 
         summary = train(cfg)

@@ -121,12 +121,14 @@ def test_push_reaches_rollout_worker(small_cfg, tiny_model):
         ray.util.remove_placement_group(placement.pg)
 
 
-@pytest.mark.parametrize("variant", ["bonus", "termination_baseline"])
-def test_mrt_two_steps(small_cfg, variant):
-    """MRT through the real stack: estimator pool workers receive pushes too; progress telemetry is logged."""
+@pytest.mark.parametrize("algo", ["mrt:bonus", "mrt:termination_baseline", "star:bonus"])
+def test_mrt_two_steps(small_cfg, algo):
+    """MRT (both forms) and MRT-STaR through the real stack: estimator pool workers receive pushes too; progress
+    telemetry is logged."""
     from mrt_ray.trainer import Trainer
 
-    cfg = small_cfg("algo=mrt", f"algo.mrt.variant={variant}", "progress.samples=4", "progress.round_size=2",
+    name, variant = algo.split(":")
+    cfg = small_cfg(f"algo={name}", f"algo.mrt.variant={variant}", "progress.samples=4", "progress.round_size=2",
                     "rollout.num_cpus=0.25", "progress.num_cpus=0.25")
     Trainer(cfg).run()
     rows = [json.loads(ln) for ln in (Path(cfg.run.dir) / "metrics.jsonl").read_text().splitlines()]
@@ -134,7 +136,11 @@ def test_mrt_two_steps(small_cfg, variant):
     assert len(steps) == 2
     for r in steps:
         assert r["estimate_prefixes"] >= 4 and r["estimate_samples"] >= 2 * r["estimate_prefixes"]
-        assert 0.0 <= r["j_c-1"] <= 1.0 and "episodes_mean" in r and r["push_probe_diff"] < 1e-3
+        assert 0.0 <= r["j_c-1"] <= 1.0 and "episodes_mean" in r
+        if name == "star":  # SFT only on selected traces; a step that keeps none trains and pushes nothing
+            assert r["star_kept"] >= 0 and (r["star_kept"] == 0) == ("push_probe_diff" not in r)
+        else:
+            assert r["push_probe_diff"] < 1e-3
 
 
 def test_async_rollout_is_one_version_behind(small_cfg):
