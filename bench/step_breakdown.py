@@ -73,6 +73,7 @@ def main() -> None:
     print(breakdown_tables(phase_summary(rows), rows))
     print("\n## weight push vs raw gloo broadcast (same bytes, same invocation)\n")
     print(push_table(rows, state_bytes(metas), raw))
+    print(f"\n1-minute load average at the end (2 cores: > 2 is contention): {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ length-penalty step time over GRPO's, and throughput with 1, 2, 4 rollout worker
 
     bash bench/setup_trl.sh                                  # once: TRL in its own venv, .venv-bench
     .venv/bin/python bench/vs_trl.py [--rounds 4] [--block 2] [--warmup 1] [--variant-steps 3] \\
-        [--workers 1,2,4] [--trl-threads 2] [key=value ...]
+        [--workers 1,2,4] [--trl-threads 2] [--trl-python .venv-bench/bin/python] [key=value ...]
 
 Same model (the embedded base model directory), prompts (step k gets the same 16 prompts on both sides), reward (the
 exact grader: 1 for a finished, correct completion), batch shape (16 prompts x 8 samples, <= 64 new tokens), fp32,
@@ -28,22 +28,22 @@ from pathlib import Path
 from harness import (REPO, WORKLOAD, MrtSession, bench_config, markdown_table, median, phase_summary, spread)
 from raw_broadcast import raw_broadcast_seconds, state_bytes
 
-TRL_PYTHON = REPO / ".venv-bench" / "bin" / "python"
+TRL_VENV_PYTHON = REPO / ".venv-bench" / "bin" / "python"
 
 
 class TrlProcess:
     """bench/trl_worker.py in .venv-bench, driven over stdin/stdout (see its docstring for the protocol)."""
 
-    def __init__(self, spec: dict, log_path: Path):
-        if not TRL_PYTHON.is_file():
-            raise FileNotFoundError(f"{TRL_PYTHON} not found: run `bash bench/setup_trl.sh` first")
+    def __init__(self, spec: dict, log_path: Path, python: Path):
+        if not python.is_file():
+            raise FileNotFoundError(f"--trl-python {python} not found: run `bash bench/setup_trl.sh` first")
         self.spec_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
         json.dump(spec, self.spec_file)
         self.spec_file.close()
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(spec["threads"]),
                "TOKENIZERS_PARALLELISM": "false"}
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([str(TRL_PYTHON), str(REPO / "bench" / "trl_worker.py"), self.spec_file.name],
+        self.proc = subprocess.Popen([str(python), str(REPO / "bench" / "trl_worker.py"), self.spec_file.name],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=env)
 
@@ -137,7 +137,7 @@ def scaling_row(workers: int, rows: list[dict] | str, samples_per_step: int) -> 
     if isinstance(rows, str):
         return [workers, rows, *["-"] * 4]
     s = phase_summary(rows)
-    gen_tokens = median([r["generate_tokens_per_s"] * r["generate_seconds"] for r in rows])  # tokens per step
+    gen_tokens = s["tokens_mean"] * samples_per_step  # completion tokens per step
     return [workers, s["step_seconds"], s["generate_seconds"], samples_per_step / s["step_seconds"],
             gen_tokens / s["generate_seconds"], gen_tokens / s["step_seconds"]]
 
@@ -159,6 +159,8 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,4", help="rollout worker counts for the scaling table ('' skips)")
     ap.add_argument("--no-variants", action="store_true", help="skip the MRT and length-penalty runs")
     ap.add_argument("--trl-threads", type=int, default=2, help="torch threads of the TRL process")
+    ap.add_argument("--trl-python", type=Path, default=TRL_VENV_PYTHON,
+                    help="interpreter with trl installed (default: .venv-bench from bench/setup_trl.sh)")
     ap.add_argument("overrides", nargs="*", help="config key=value overrides (both sides where they apply)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -172,14 +174,18 @@ def main() -> None:
     out_dir = Path(cfg.run.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_trl = args.warmup + args.rounds * args.block
-    trl = TrlProcess(trl_spec(cfg, model, n_trl, args.trl_threads, out_dir), out_dir / "trl.log")
+    trl = TrlProcess(trl_spec(cfg, model, n_trl, args.trl_threads, out_dir), out_dir / "trl.log",
+                     args.trl_python)
     mrt = None
+    load = [os.getloadavg()[0]]  # 1-minute load average around the side-by-side part (2 cores: > 2 is contention)
     try:
         mrt = MrtSession(cfg)
         trl_ready = trl.ready()
         mrt.steps(args.warmup)
         trl.steps(args.warmup)
+        load.append(os.getloadavg()[0])
         mrt_rounds, trl_rounds = alternate(mrt, trl, args.rounds, args.block)
+        load.append(os.getloadavg()[0])
         trl.close()
         metas = mrt.trainer.sync.metas
         raw = raw_broadcast_seconds(metas, reps=10, threads=cfg.learner.threads)
@@ -192,7 +198,7 @@ def main() -> None:
     ratios = [median([r["step_seconds"] for r in m]) / median([r["step_seconds"] for r in t])
               for m, t in zip(mrt_rounds, trl_rounds)]
     report = {"argv": sys.argv, "trl": trl_ready, "mrt_rounds": mrt_rounds, "trl_rounds": trl_rounds,
-              "raw_broadcast_seconds": raw, "state_bytes": state_bytes(metas)}
+              "raw_broadcast_seconds": raw, "state_bytes": state_bytes(metas), "load_average_1min": load}
     (out_dir / "vs_trl.json").write_text(json.dumps(report, indent=1))  # kept if a later run fails hard
     grpo = phase_summary(mrt_rows)
     samples = cfg.train.prompts_per_step * cfg.rollout.n_samples
@@ -208,6 +214,8 @@ def main() -> None:
     report.update(variants=variants, scaling=scaling)
     (out_dir / "vs_trl.json").write_text(json.dumps(report, indent=1))
     print_report(args, cfg, model, trl_ready, mrt_rows, trl_rows, ratios, raw, metas, variants, scaling)
+    print(f"\n1-minute load average (start, before the side-by-side rounds, after them; 2 cores): "
+          f"{', '.join(f'{x:.1f}' for x in load)}; at the end: {os.getloadavg()[0]:.1f}")
     print(f"\nraw records: {out_dir / 'vs_trl.json'}")
 
 
