@@ -186,7 +186,7 @@ class ProgressConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 40
+    steps: int = 120
     prompts_per_step: int = 16
     save_every: int = 20
     eval_every: int = 0  # 0: evaluate at the start and the end only
