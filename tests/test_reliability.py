@@ -191,8 +191,6 @@ def _trajectories(tok, n: int = 4) -> list:
 
 
 @pytest.mark.usefixtures("ray_session")
-@pytest.mark.xfail(strict=True, reason="LearnerGroup.train reads the ranks in order: rank 0's gloo error ('Connection "
-                   "reset by peer') surfaces, unnamed, before rank 1's ActorDiedError (fix proposed to the lead)")
 def test_dead_learner_rank_is_a_clear_error(small_cfg, tiny_model):
     """A learner rank killed between steps: the next step ends with an error naming that rank (and how to resume),
     not a hang. Rank 1, not 0: its death first shows as a collective error on the live rank 0."""

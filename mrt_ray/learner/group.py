@@ -26,14 +26,22 @@ class LearnerGroup:
 
     def call(self, method: str, *args) -> list:
         """Run `method` on every rank and wait; a dead rank is an error naming it."""
-        futures = [getattr(a, method).remote(*args) for a in self.actors]
-        out = []
+        return self._gather([getattr(a, method).remote(*args) for a in self.actors], method)
+
+    def _gather(self, futures: list, method: str) -> list:
+        """Every rank's result. On failure, name the rank that died: its peers fail too (their collectives lose the
+        connection), so a dead actor is reported before any rank's secondary error."""
+        out, errors = [], {}
         for rank, f in enumerate(futures):
             try:
                 out.append(ray.get(f, timeout=self.cfg.learner.collective_timeout_s * 2))
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
-                raise RuntimeError(f"learner rank {rank} failed during {method}: {e}. The run can be resumed from its "
-                                   f"last checkpoint with resume=<run dir>.") from e
+            except (ray.exceptions.RayError, RuntimeError) as e:
+                errors[rank] = e
+        if errors:
+            dead = [r for r, e in errors.items() if isinstance(e, ray.exceptions.RayActorError)]
+            rank = dead[0] if dead else min(errors)
+            raise RuntimeError(f"learner rank {rank} {'died' if dead else 'failed'} during {method}: {errors[rank]}. "
+                               f"The run can be resumed from its last checkpoint with resume=<run dir>.") from errors[rank]
         return out
 
     def train(self, trajs: list[Trajectory]) -> dict:
@@ -51,14 +59,8 @@ class LearnerGroup:
             }
             for s in shards
         ]
-        futures = [a.train_step.remote(p, n_micro, global_tokens) for a, p in zip(self.actors, payload)]
-        stats = []
-        for rank, f in enumerate(futures):
-            try:
-                stats.append(ray.get(f))
-            except ray.exceptions.RayActorError as e:
-                raise RuntimeError(f"learner rank {rank} died during train_step: {e}. Resume from the last "
-                                   f"checkpoint with resume=<run dir>.") from e
+        stats = self._gather([a.train_step.remote(p, n_micro, global_tokens) for a, p in zip(self.actors, payload)],
+                             "train_step")
         if stats[0].get("skipped"):
             return {"skipped": 1.0, "bad_steps": stats[0]["bad_steps"], "learn_seconds": stats[0]["learn_seconds"]}
         tokens = sum(s["tokens"] for s in stats)
