@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -58,11 +59,20 @@ class Tracker:
         for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
                          ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
             os.environ[var] = str(wdir / sub)  # this run's own dirs (a sweep runs several in one process)
-        self.wandb = wandb.init(
+        kwargs = dict(
             project=wc.project, entity=wc.entity or None, group=wc.group or None, tags=list(wc.tags) or None,
             name=wc.name or self.cfg.run.name, dir=str(wdir), mode=mode, config=redact(to_dict(self.cfg)),
             id=self.wandb_id or None, resume="allow" if self.wandb_id else None,
         )
+        for attempt in range(12):
+            try:
+                self.wandb = wandb.init(**kwargs)
+                break
+            except Exception as e:  # noqa: BLE001
+                # a killed run's W&B service (its own process session) holds the run id until it notices the death
+                if "in use" not in str(e) or attempt == 11:
+                    raise
+                time.sleep(5)
         self.wandb_id = self.wandb.id
         # W&B's own step starts at 0 and only increases, so it would drop step -1 (the evaluation before training)
         # and the steps a resumed run logs again: every metric is plotted against our `step` instead
