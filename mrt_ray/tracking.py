@@ -83,8 +83,14 @@ class Tracker:
         """Drop metrics past `last_step` (a resumed run rewrites them)."""
         if not self.metrics_path.exists():
             return
-        keep = [ln for ln in self.metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", -1) <= last_step]
+        keep = []
+        for ln in self.metrics_path.read_text().splitlines():
+            try:
+                row = json.loads(ln)
+            except json.JSONDecodeError:  # a line torn by a killed process
+                continue
+            if row.get("step", -1) <= last_step:
+                keep.append(ln)
         self.metrics_path.write_text("".join(ln + "\n" for ln in keep))
 
     def log(self, step: int, metrics: dict, advance: bool = True) -> None:

@@ -28,13 +28,15 @@ class LearnerGroup:
         """Run `method` on every rank and wait; a dead rank is an error naming it."""
         return self._gather([getattr(a, method).remote(*args) for a in self.actors], method)
 
-    def _gather(self, futures: list, method: str) -> list:
+    def _gather(self, futures: list, method: str, timeout: float | None = -1) -> list:
         """Every rank's result. On failure, name the rank that died: its peers fail too (their collectives lose the
         connection), so a dead actor is reported before any rank's secondary error."""
+        if timeout == -1:
+            timeout = self.cfg.learner.collective_timeout_s * 2
         out, errors = [], {}
         for rank, f in enumerate(futures):
             try:
-                out.append(ray.get(f, timeout=self.cfg.learner.collective_timeout_s * 2))
+                out.append(ray.get(f, timeout=timeout))
             except (ray.exceptions.RayError, RuntimeError) as e:
                 errors[rank] = e
         if errors:
@@ -60,7 +62,7 @@ class LearnerGroup:
             for s in shards
         ]
         stats = self._gather([a.train_step.remote(p, n_micro, global_tokens) for a, p in zip(self.actors, payload)],
-                             "train_step")
+                             "train_step", timeout=None)  # a long step is fine: its collectives time out
         if stats[0].get("skipped"):
             return {"skipped": 1.0, "bad_steps": stats[0]["bad_steps"], "learn_seconds": stats[0]["learn_seconds"]}
         tokens = sum(s["tokens"] for s in stats)
