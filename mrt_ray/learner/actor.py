@@ -155,10 +155,15 @@ class Learner:
         """All ranks call this (ZeRO-3 gathers on every rank); rank 0 broadcasts. Returns rank 0's checksums."""
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
-        for name, t in self._state().items():
-            with ds.gathered([t], self.zero3), torch.no_grad():
+        with torch.no_grad():
+            if not self.zero3:  # rank 0 holds every tensor: one back-to-back stream
                 if self.rank == 0:
-                    sums.update(send_tensors(self.weight_group, [(name, t.data)]))
+                    sums = send_tensors(self.weight_group, [(n, t.data) for n, t in self._state().items()])
+            else:  # gather one parameter at a time (memory), on every rank
+                for name, t in self._state().items():
+                    with ds.gathered([t], True):
+                        if self.rank == 0:
+                            sums.update(send_tensors(self.weight_group, [(name, t.data)]))
         return {"sums": sums, "seconds": time.perf_counter() - t0}
 
     @torch.no_grad()

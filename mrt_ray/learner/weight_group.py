@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -63,22 +63,25 @@ def checksum(t: torch.Tensor) -> float:
 
 
 def send_tensors(group: WeightGroup, tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
-    """Rank 0: broadcast each tensor in metadata order; returns {name: checksum}."""
-    sums = {}
+    """Rank 0: broadcast each tensor in metadata order, then checksum them; returns {name: checksum}."""
+    sent = []
     for name, t in tensors:
         t = t.detach().to(group.device).contiguous()
         _broadcast(group, t)
-        sums[name] = checksum(t)
-    return sums
+        sent.append((name, t))
+    return {name: checksum(t) for name, t in sent}
 
 
-def receive_tensors(group: WeightGroup, metas: list[TensorMeta], sums: dict[str, float]) -> Iterator[tuple[str, torch.Tensor]]:
-    """A receiver: yields (name, tensor) as each arrives; fills `sums` with their checksums."""
+def receive_tensors(group: WeightGroup, metas: list[TensorMeta], sums: dict[str, float]) -> list[tuple[str, torch.Tensor]]:
+    """A receiver: every tensor arrives back to back (nothing else runs between broadcasts, so the transfer runs at
+    the group's bandwidth), then their checksums go into `sums`."""
+    out = []
     for m in metas:
         t = torch.empty(m.shape, dtype=getattr(torch, m.dtype), device=group.device)
         _broadcast(group, t)
-        sums[m.name] = checksum(t)
-        yield m.name, t
+        out.append((m.name, t))
+    sums.update({name: checksum(t) for name, t in out})
+    return out
 
 
 def verify_checksums(sent: dict[str, float], received: dict[str, float], who: str, rtol: float = 1e-9) -> None:

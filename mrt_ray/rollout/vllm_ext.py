@@ -17,8 +17,6 @@ class WeightSyncExtension:
 
     def mrt_receive_weights(self) -> dict[str, float]:
         sums: dict[str, float] = {}
-        stream = receive_tensors(self._mrt_group, self._mrt_metas, sums)
-        self.reload_weights(weights_iterator=stream, is_checkpoint_format=True)
-        for _ in stream:  # drain anything the loader did not consume, so the sender never blocks
-            pass
+        tensors = receive_tensors(self._mrt_group, self._mrt_metas, sums)  # all received before loading
+        self.reload_weights(weights_iterator=iter(tensors), is_checkpoint_format=True)
         return sums
