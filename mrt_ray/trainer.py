@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import datetime
 from pathlib import Path
 
 from mrt_ray import checkpoint
@@ -32,15 +31,8 @@ from mrt_ray.rollout.types import SamplingSpec
 from mrt_ray.rollout.worker import RolloutWorker
 from mrt_ray.tasks.source import PromptSource
 from mrt_ray.tracking import Tracker
+from mrt_ray.utils import new_run_dir
 from mrt_ray.trajectory import Trajectory
-
-
-def make_run_dir(cfg: Config) -> Path:
-    d = Path(cfg.run.dir or f"runs/{cfg.run.name}-{datetime.now():%Y%m%d-%H%M%S}")
-    if (d / "metrics.jsonl").exists():
-        raise FileExistsError(f"run.dir={d} already holds a run; continue it with resume={d} or choose another dir")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def resolve_model(cfg: Config) -> str:
@@ -65,7 +57,8 @@ class Trainer:
             cfg = from_yaml_file(run_dir / "config.yaml")
             self.resume_from = checkpoint.latest(run_dir)
         else:
-            run_dir = make_run_dir(cfg)
+            run_dir = new_run_dir(cfg.run.dir, cfg.run.name, "metrics.jsonl",
+                                  "continue it with resume=<that dir> or choose another run.dir")
             cfg.run.dir = str(run_dir)
             (run_dir / "config.yaml").write_text(to_yaml(cfg))
         self.cfg, self.dir = cfg, run_dir
@@ -186,7 +179,7 @@ class Trainer:
     def run(self) -> dict:
         """Train (or continue, with `resume=`) to train.steps. The actors and their placement group are released at
         the end, also on error, so the Ray session can host the next run."""
-        resumed = (self.dir / "metrics.jsonl").exists()  # make_run_dir refuses such a dir for a fresh run
+        resumed = (self.dir / "metrics.jsonl").exists()  # new_run_dir refuses such a dir for a fresh run
         self.start_actors()
         try:
             return self._run(resumed)

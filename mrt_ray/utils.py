@@ -7,6 +7,7 @@ import random
 import shutil
 import socket
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -55,3 +56,13 @@ def limit_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
+
+
+def new_run_dir(path: str, name: str, marker: str, hint: str) -> Path:
+    """The directory for a new run: `path`, or runs/<name>-<time>. One that already holds `marker` (a finished or
+    running job's file) is refused with `hint`, so nothing is overwritten."""
+    d = Path(path or f"runs/{name}-{datetime.now():%Y%m%d-%H%M%S}")
+    if (d / marker).exists():
+        raise FileExistsError(f"run.dir={d} already holds {marker}; {hint}")
+    d.mkdir(parents=True, exist_ok=True)
+    return d

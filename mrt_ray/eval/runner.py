@@ -25,7 +25,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +49,9 @@ from mrt_ray.tasks.embedded import ANSWER_MARK
 from mrt_ray.tasks.source import PromptSource
 from mrt_ray.tracking import Tracker
 from mrt_ray.trajectory import Trajectory
+from mrt_ray.utils import new_run_dir
 
 STAGES = ("sampled", "greedy", "budget forcing", "episodes")
-
-
-def eval_dir(cfg: Config) -> Path:
-    d = Path(cfg.run.dir or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
-    if (d / "eval.json").exists():
-        raise FileExistsError(f"run.dir={d} already holds an evaluation (eval.json); choose another run.dir")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def resolve_model_path(path: str) -> str:
@@ -103,7 +95,7 @@ class EvalRunner:
             from mrt_ray.trainer import resolve_model
 
             self.models = [(cfg.model.path or "base", resolve_model(cfg))]
-        self.dir = eval_dir(cfg)
+        self.dir = new_run_dir(cfg.run.dir, "eval", "eval.json", "choose another run.dir")
         cfg.run.dir = str(self.dir)
         cfg.wandb.name = cfg.wandb.name or self.dir.name
         (self.dir / "eval_config.yaml").write_text(to_yaml(cfg))
