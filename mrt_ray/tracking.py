@@ -7,7 +7,6 @@ import json
 import math
 import os
 import re
-import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -64,15 +63,7 @@ class Tracker:
             name=wc.name or self.cfg.run.name, dir=str(wdir), mode=mode, config=redact(to_dict(self.cfg)),
             id=self.wandb_id or None, resume="allow" if self.wandb_id else None,
         )
-        for attempt in range(12):
-            try:
-                self.wandb = wandb.init(**kwargs)
-                break
-            except Exception as e:  # noqa: BLE001
-                # a killed run's W&B service (its own process session) holds the run id until it notices the death
-                if "in use" not in str(e) or attempt == 11:
-                    raise
-                time.sleep(5)
+        self.wandb = wandb.init(**kwargs)
         self.wandb_id = self.wandb.id
         # W&B's own step starts at 0 and only increases, so it would drop step -1 (the evaluation before training)
         # and the steps a resumed run logs again: every metric is plotted against our `step` instead

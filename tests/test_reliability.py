@@ -87,8 +87,10 @@ def test_resume_after_sigkill_is_exact(uninterrupted, tiny_model, tmp_path):
     the W&B run id survives the resume, that checkpoints hold safetensors only and that a W&B key in the environment
     reaches neither a file of the run nor the console."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, "WANDB_API_KEY": SECRET, "MRT_TEST_LOG": str(tmp_path / "cli.log"),
-           "PYTHONPATH": str(REPO)}
+    # WANDB_SERVICE: the W&B service this pytest process started; a subprocess that inherits it shares it, and the
+    # killed run's stream would stay open there ("run ID ... is in use"). A real run's service dies with it.
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_API_KEY": SECRET,
+           "MRT_TEST_LOG": str(tmp_path / "cli.log"), "PYTHONPATH": str(REPO)}
     latest = run_dir / "checkpoints" / "latest"
     proc = _cli("train", f"model.path={tiny_model}", f"run.dir={run_dir}", *RUN, "wandb.mode=offline", env=env)
     try:
