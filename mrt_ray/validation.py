@@ -38,10 +38,10 @@ def validate(cfg: Config) -> None:
     from mrt_ray.algos.losses import LOSSES
     from mrt_ray.rewards import REWARDS
 
-    for key, reg in (("algo.advantage", ADVANTAGES), ("algo.reward", REWARDS), ("algo.loss", LOSSES)):
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+    for reg in (ADVANTAGES, REWARDS, LOSSES):
+        value = OmegaConf.select(OmegaConf.structured(cfg), reg.key)
         if value not in reg:
-            errors.append(f"{key}={value!r} is not registered; choose one of {sorted(reg)}")
+            errors.append(f"{reg.key}={value!r} is not registered; choose one of {sorted(reg)}")
     positive = {
         "rollout.num_workers": cfg.rollout.num_workers,
         "rollout.n_samples": cfg.rollout.n_samples,

@@ -11,23 +11,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from mrt_ray.registry import Registry
+
 AdvantageFn = Callable[[Tensor], Tensor]
-ADVANTAGES: dict[str, AdvantageFn] = {}
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator", "algo.advantage")
+register_advantage = ADVANTAGES.register
 
 GRPO_EPS = 1e-6  # added to the group std in "grpo"
 WHITEN_EPS = 1e-8  # added to the variance in `whiten`
-
-
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    """Register `fn` under `name` (the value of `algo.advantage`); a name can be registered once."""
-
-    def deco(fn: AdvantageFn) -> AdvantageFn:
-        if name in ADVANTAGES:
-            raise ValueError(f"advantage estimator '{name}' is already registered ({ADVANTAGES[name].__qualname__})")
-        ADVANTAGES[name] = fn
-        return fn
-
-    return deco
 
 
 def _check_groups(rewards: Tensor, name: str, min_n: int) -> None:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import torch
 from torch import Tensor
 
+from mrt_ray.registry import Registry
+
 if TYPE_CHECKING:
     from mrt_ray.config import AlgoConfig
 
@@ -34,19 +36,8 @@ class LossFn(Protocol):
     ) -> tuple[Tensor, dict[str, float]]: ...
 
 
-LOSSES: dict[str, LossFn] = {}
-
-
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
-    """Register `fn` under `name` (the value of `algo.loss`); a name can be registered once."""
-
-    def deco(fn: LossFn) -> LossFn:
-        if name in LOSSES:
-            raise ValueError(f"loss '{name}' is already registered")
-        LOSSES[name] = fn
-        return fn
-
-    return deco
+LOSSES: Registry[LossFn] = Registry("loss", "algo.loss")
+register_loss = LOSSES.register
 
 
 def aggregate(values: Tensor, mask: Tensor, mode: str, agg_constant: int | None = None) -> Tensor:

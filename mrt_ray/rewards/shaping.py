@@ -13,30 +13,15 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from mrt_ray.registry import Registry
+
 if TYPE_CHECKING:
     from mrt_ray.config import Config
 
 RewardFn = Callable[[Sequence[bool], Sequence[int], Sequence[bool], "Config"], list[float]]
-REWARDS: dict[str, RewardFn] = {}
-
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: register `fn` under `name` in REWARDS (a duplicate name is an error)."""
-
-    def add(fn: RewardFn) -> RewardFn:
-        if name in REWARDS:
-            raise ValueError(f"reward {name!r} is already registered (by {REWARDS[name].__qualname__})")
-        REWARDS[name] = fn
-        return fn
-
-    return add
-
-
-def get_reward(name: str) -> RewardFn:
-    """The reward registered as `name` (config key `algo.reward`)."""
-    if name not in REWARDS:
-        raise ValueError(f"algo.reward={name!r} is not registered; choose one of {sorted(REWARDS)}")
-    return REWARDS[name]
+REWARDS: Registry[RewardFn] = Registry("reward", "algo.reward")
+register_reward = REWARDS.register
+get_reward = REWARDS.lookup
 
 
 def _check(correct: Sequence[bool], lengths: Sequence[int], finished: Sequence[bool]) -> None:
