@@ -121,6 +121,19 @@ def test_push_reaches_rollout_worker(small_cfg, tiny_model):
         ray.util.remove_placement_group(placement.pg)
 
 
+def test_reload_log_filter_drops_only_the_rotary_cache_line():
+    import logging
+
+    from mrt_ray.rollout.vllm_ext import _RotaryReloadFilter
+
+    def record(msg: str, *args) -> logging.LogRecord:
+        return logging.LogRecord("vllm", logging.WARNING, __file__, 1, msg, args, None)
+
+    f = _RotaryReloadFilter()
+    assert not f.filter(record("%s: Failed to load weights", "RotaryEmbedding"))
+    assert f.filter(record("%s: Failed to load weights", "QKVParallelLinear"))
+
+
 @pytest.mark.parametrize("algo", ["mrt:bonus", "mrt:termination_baseline", "star:bonus"])
 def test_mrt_two_steps(small_cfg, algo):
     """MRT (both forms) and MRT-STaR through the real stack: estimator pool workers receive pushes too; progress
