@@ -207,6 +207,7 @@ class Trainer:
                 self.estimator.pool.reruns if self.estimator is not None else 0))
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 metrics.update(evaluate(self.pool, self.source, cfg, self.grader, "eval"))
+            metrics["elapsed_seconds"] = time.perf_counter() - t0  # wall clock since this process began training
             self.tracker.log(step, metrics)
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.steps:
                 self._save(step)
