@@ -32,11 +32,12 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = ""  # HF causal-LM directory; empty: the embedded base policy (built by `mrt-ray bootstrap`)
+    path: str = ""  # HF causal-LM directory or .gguf file; empty: the embedded base policy (built by `mrt-ray bootstrap`)
     dtype: str = "float32"  # float32 | bfloat16 | float16; used by learner AND rollout so log-probs agree
     max_model_len: int = 320
     trust_remote_code: bool = False
-    gguf_file: str = ""  # load a GGUF file inside `path` (transformers only)
+    gguf_file: str = ""  # a GGUF file inside `path` (or give path=FILE.gguf): converted once to safetensors
+    convert_dir: str = "runs/models"  # where GGUF checkpoints are converted (cached by file hash and dtype)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from mrt_ray.validation import uses_estimator
 from mrt_ray.eval.heldout import evaluate
 from mrt_ray.eval.metrics import token_stats
 from mrt_ray.learner.group import LearnerGroup
-from mrt_ray.learner.model import load_tokenizer
+from mrt_ray.learner.model import hf_model_dir, load_tokenizer
 from mrt_ray.learner.push import WeightSync
 from mrt_ray.progress.estimate import select_star
 from mrt_ray.progress.termination import termination_baseline_batch
@@ -36,9 +36,10 @@ from mrt_ray.trajectory import Trajectory
 
 
 def resolve_model(cfg: Config) -> str:
-    """The base policy: model.path, or the embedded base model (bootstrapped on first use)."""
+    """The base policy's HF directory: model.path (a GGUF checkpoint converted on first use), or the embedded base
+    model (bootstrapped on first use)."""
     if cfg.model.path:
-        return cfg.model.path
+        return hf_model_dir(cfg.model.path, cfg.model)
     if cfg.task.name != "embedded":
         raise ValueError("model.path is empty: give an HF causal-LM directory (the embedded base model only knows "
                          "the embedded task)")

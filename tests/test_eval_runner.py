@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mrt_ray.config import ConfigError
+from mrt_ray.config import ConfigError, ModelConfig
 from mrt_ray.eval.forcing import BudgetPlan, force_answer_prompt
 from mrt_ray.eval.plan import budget_thinking, episode_curve, equal_token_pairs, natural_thinking, parse_eval_args
 from mrt_ray.tasks.embedded import FORCE_TEXT, THINK_CLOSE, THINK_OPEN, make_problem, make_trace
@@ -86,8 +86,8 @@ def test_a_training_run_dir_stands_for_its_latest_checkpoint(tmp_path):
     (ckpt / "hf").mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text("{}")
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step_000007")
-    assert resolve_model_path(str(tmp_path / "run")) == str(ckpt / "hf")
-    assert resolve_model_path(str(ckpt / "hf")) == str(ckpt / "hf")
+    assert resolve_model_path(str(tmp_path / "run"), ModelConfig()) == str(ckpt / "hf")
+    assert resolve_model_path(str(ckpt / "hf"), ModelConfig()) == str(ckpt / "hf")
 
 
 # ---- budget-forcing planning --------------------------------------------------------------------------------------

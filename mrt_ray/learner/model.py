@@ -1,11 +1,18 @@
-"""Loading HF causal LMs and tokenizers safely: safetensors only (no pickle), remote code only when asked."""
+"""Loading HF causal LMs and tokenizers safely: safetensors only (no pickle), remote code only when asked. A GGUF
+checkpoint is converted once into such a directory (`hf_model_dir`), so every consumer - learners, vLLM and HF
+rollout workers, evaluation - reads the same safetensors files."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import importlib.util
+import json
 from pathlib import Path
 
 import torch
 
 from mrt_ray.config import ModelConfig
+from mrt_ray.utils import atomic_dir
 
 
 def _check_dir(path: str) -> Path:
@@ -15,12 +22,57 @@ def _check_dir(path: str) -> Path:
     return p
 
 
+def hf_model_dir(path: str, mc: ModelConfig) -> str:
+    """The HF directory for model `path`: `path` itself, or for a GGUF checkpoint (`path` a .gguf file, or
+    model.gguf_file naming one inside the directory `path`) its safetensors conversion, made on first use."""
+    gguf = Path(path) if path.endswith(".gguf") else Path(path) / mc.gguf_file if mc.gguf_file else None
+    if gguf is None:
+        return path
+    if not gguf.is_file():
+        raise FileNotFoundError(f"GGUF checkpoint {gguf} not found (model.path={path!r}, "
+                                f"model.gguf_file={mc.gguf_file!r})")
+    return str(convert_gguf(gguf, Path(mc.convert_dir), mc.dtype, mc.trust_remote_code))
+
+
+def convert_gguf(gguf: Path, out_root: Path, dtype: str, trust_remote_code: bool = False) -> Path:
+    """Dequantize a GGUF checkpoint with transformers (needs the `gguf` extra) and write it with its tokenizer as
+    an HF safetensors directory <out_root>/<stem>-<hash of file and dtype>; a second call returns that directory.
+    vLLM's CPU build cannot load GGUF itself, and the learners need full-precision weights anyway."""
+    h = hashlib.sha256(dtype.encode())
+    with open(gguf, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    out = out_root / f"{gguf.stem}-{h.hexdigest()[:12]}"
+    out_root.mkdir(parents=True, exist_ok=True)
+    with open(out_root / f".{out.name}.lock", "w") as lock:  # concurrent runs wait for the one converting
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "conversion.json").is_file():
+            return out
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = {"gguf_file": gguf.name, "trust_remote_code": trust_remote_code}
+        missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(f"converting {gguf} needs {' and '.join(missing)}: pip install 'mrt-ray[gguf]'")
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=getattr(torch, dtype), **kwargs)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+        # the weights are dequantized already; transformers still marks the model as GGUF-quantized, which
+        # save_pretrained refuses, so drop the marker and write plain full-precision weights
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / "conversion.json").write_text(json.dumps({"source": str(gguf.resolve()), "dtype": dtype,
+                                                             "sha256": h.hexdigest()}, indent=2))
+    return out
+
+
 def load_tokenizer(path: str, mc: ModelConfig):
     from transformers import AutoTokenizer
 
     _check_dir(path)
-    kwargs = {"gguf_file": mc.gguf_file} if mc.gguf_file else {}
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=mc.trust_remote_code, **kwargs)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=mc.trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -30,11 +82,10 @@ def load_causal_lm(path: str, mc: ModelConfig):
     from transformers import AutoModelForCausalLM
 
     p = _check_dir(path)
-    kwargs = {"gguf_file": mc.gguf_file} if mc.gguf_file else {"use_safetensors": True}
-    if not mc.gguf_file and not any(p.glob("*.safetensors")):
+    if not any(p.glob("*.safetensors")):
         raise FileNotFoundError(
             f"{path}: no *.safetensors weights; mrt-ray does not unpickle .bin checkpoints (convert them first)"
         )
     return AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, mc.dtype), trust_remote_code=mc.trust_remote_code, **kwargs
+        path, dtype=getattr(torch, mc.dtype), trust_remote_code=mc.trust_remote_code, use_safetensors=True
     )
