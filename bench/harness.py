@@ -73,6 +73,11 @@ class MrtSession:
             m = self.trainer.step(self.next_step, self.trainer.next_pending)  # async mode: prefetched rollout
             self.trainer.tracker.log(self.next_step, m)
             self.next_step += 1
+        if self.trainer.next_pending is not None:
+            # async mode: the prefetched rollout would run while the other system's block is timed; drain and drop
+            # it (untimed), so the next block's first step generates in full and the later ones overlap as in a run
+            self.trainer.pool.collect_rollout(self.trainer.next_pending)
+            self.trainer.next_pending = None
         return [r for r in read_metrics(self.metrics_path) if first <= r["step"] < self.next_step]
 
     def close(self) -> None:
