@@ -166,8 +166,9 @@ class Trainer:
         batch = [t for g in groups for t in g]
         if cfg.algo.name == "mrt" and cfg.algo.mrt.variant == "termination_baseline":
             decode = lambda ids: self.tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+            t = time.perf_counter()
             extra, stats = termination_baseline_batch(groups, cfg, self.pool, decode, self.grader, step)
-            m.update(stats)
+            m.update(stats, continue_seconds=time.perf_counter() - t)  # sampling and grading the continuations
             batch += extra
         return batch
 
