@@ -25,8 +25,11 @@ def _check_dir(path: str) -> Path:
 def hf_model_dir(path: str, mc: ModelConfig) -> str:
     """The HF directory for model `path`: `path` itself, or for a GGUF checkpoint (`path` a .gguf file, or
     model.gguf_file naming one inside the directory `path`) its safetensors conversion, made on first use."""
-    gguf = Path(path) if path.endswith(".gguf") else Path(path) / mc.gguf_file if mc.gguf_file else None
-    if gguf is None:
+    if path.endswith(".gguf"):
+        gguf = Path(path)
+    elif mc.gguf_file:
+        gguf = Path(path) / mc.gguf_file
+    else:
         return path
     if not gguf.is_file():
         raise FileNotFoundError(f"GGUF checkpoint {gguf} not found (model.path={path!r}, "
@@ -64,7 +67,7 @@ def convert_gguf(gguf: Path, out_root: Path, dtype: str, trust_remote_code: bool
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             (tmp / "conversion.json").write_text(json.dumps({"source": str(gguf.resolve()), "dtype": dtype,
-                                                             "sha256": h.hexdigest()}, indent=2))
+                                                             "cache_key": h.hexdigest()}, indent=2))
     return out
 
 
