@@ -27,7 +27,7 @@ from mrt_ray.progress.termination import termination_baseline_batch
 from mrt_ray.rewards import get_grader
 from mrt_ray.rewards.score import score
 from mrt_ray.rollout.pool import RolloutPool
-from mrt_ray.rollout.types import SamplingSpec
+from mrt_ray.rollout.types import CollectedRollout, SamplingSpec
 from mrt_ray.rollout.worker import RolloutWorker
 from mrt_ray.tasks.source import PromptSource
 from mrt_ray.tracking import Tracker
@@ -202,7 +202,7 @@ class Trainer:
         t0 = time.perf_counter()
         if start == 0:
             self.tracker.log(-1, evaluate(self.pool, self.source, cfg, self.grader, "eval"), advance=False)
-        self.next_pending = None
+        self.next_pending = self._prefetched(start)
         for step in range(start, cfg.train.steps):
             metrics = self.step(step, self.next_pending)
             metrics.update(worker_restarts=self.sync.restarts, rollout_reruns=self.pool.reruns + (
@@ -222,9 +222,23 @@ class Trainer:
         self.tracker.close()
         return summary
 
+    def _prefetched(self, start: int) -> tuple | None:
+        """A resumed async run's first batch: the one the interrupted run had prefetched, saved with the checkpoint."""
+        saved = checkpoint.load_prefetched(self.resume_from) if self.resume_from is not None else None
+        if saved is None:
+            return None
+        problems = self.source.batch(start)
+        return problems, [self.source.encode(p.prompt) for p in problems], saved
+
     def _save(self, step: int) -> Path:
+        prefetched = None
+        if self.next_pending is not None:  # async: step+1's batch, sampled with weights this checkpoint lacks
+            problems, prompt_ids, futures = self.next_pending
+            prefetched = futures if isinstance(futures, CollectedRollout) else CollectedRollout(
+                *self.pool.collect(futures))
+            self.next_pending = problems, prompt_ids, prefetched
         path = checkpoint.save(self.dir, step, self.learners,
-                               {"version": self.version, "wandb_id": self.tracker.wandb_id})
+                               {"version": self.version, "wandb_id": self.tracker.wandb_id}, prefetched)
         checkpoint.prune(self.dir)
         return path
 

@@ -156,14 +156,40 @@ def test_mrt_two_steps(small_cfg, algo):
             assert r["push_probe_diff"] < 1e-3
 
 
-def test_async_rollout_is_one_version_behind(small_cfg):
-    """Async mode: step k+1 is sampled while step k trains, so its samples are exactly one version old."""
+def test_async_rollout_is_one_version_behind_and_resumes_exactly(small_cfg, tmp_path):
+    """Async mode: step k+1 is sampled while step k trains, so its samples are exactly one version old. The
+    checkpoint after step 1 holds step 2's prefetched batch, so a run resumed from it repeats steps 2-3, the final
+    evaluation and the final weights of the uninterrupted run exactly."""
+    import shutil
+
+    from safetensors.torch import load_file
+
     from mrt_ray.trainer import Trainer
 
-    cfg = small_cfg("train.async_rollout=true", "train.steps=3")
+    cfg = small_cfg("train.async_rollout=true", "train.steps=4", "train.save_every=2")
     Trainer(cfg).run()
-    rows = [json.loads(ln) for ln in (Path(cfg.run.dir) / "metrics.jsonl").read_text().splitlines()]
-    steps = {r["step"]: r for r in rows if r["step"] in (0, 1, 2)}
-    assert steps[0]["staleness_max"] == 0
-    assert steps[1]["staleness_max"] == 1 and steps[2]["staleness_max"] == 1
-    assert all(r["policy_version"] == k + 1 for k, r in steps.items())
+    run = Path(cfg.run.dir)
+
+    def rows(d: Path) -> dict[int, dict]:
+        return {r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())}
+
+    a = rows(run)
+    assert a[0]["staleness_max"] == 0 and all(a[k]["staleness_max"] == 1 for k in (1, 2, 3))
+    assert all(a[k]["policy_version"] == k + 1 for k in range(4))
+    assert (run / "checkpoints" / "step_000001" / "prefetched_rollout.json").is_file()
+    assert not (run / "checkpoints" / "step_000003" / "prefetched_rollout.json").exists()  # no step after the last
+
+    cut = tmp_path / "cut"  # the run as a kill after step 1's checkpoint leaves it
+    shutil.copytree(run, cut)
+    shutil.rmtree(cut / "checkpoints" / "step_000003")
+    (cut / "checkpoints" / "latest").write_text("step_000001")
+    (cut / "summary.json").unlink()
+    Trainer(small_cfg(f"resume={cut}")).run()
+    b = rows(cut)
+    keys = ("reward", "accuracy", "tokens_mean", "pg_loss", "grad_norm", "staleness_max", "policy_version")
+    for k in (2, 3):
+        assert {x: b[k][x] for x in keys} == {x: a[k][x] for x in keys}, k
+    final = [x for x in a[4] if x.startswith("eval/")]
+    assert final and {x: b[4][x] for x in final} == {x: a[4][x] for x in final}
+    wa, wb = (load_file(d / "checkpoints" / "step_000003" / "hf" / "model.safetensors") for d in (run, cut))
+    assert sorted(wa) == sorted(wb) and all(wa[n].equal(wb[n]) for n in wa)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import ray
 
 from mrt_ray.actors import wait_ready
-from mrt_ray.rollout.types import Completion, Request, SamplingSpec
+from mrt_ray.rollout.types import CollectedRollout, Completion, Request, SamplingSpec
 from mrt_ray.tasks import Problem
 from mrt_ray.trajectory import Trajectory
 
@@ -110,8 +110,10 @@ class RolloutPool:
         return problems, prompt_ids, self.submit(reqs)
 
     def collect_rollout(self, pending: tuple) -> tuple[list[list[Trajectory]], dict]:
+        """`pending`: what `submit_rollout` returned, or a `CollectedRollout` (already sampled: a resumed async run's
+        prefetched batch, read from its checkpoint)."""
         problems, prompt_ids, futures = pending
-        outs, stats = self.collect(futures)
+        outs, stats = (futures.outs, futures.stats) if isinstance(futures, CollectedRollout) else self.collect(futures)
         groups = [[Trajectory(problem=p, prompt_ids=ids, completion=c, group=g) for c in comps]
                   for g, (p, ids, comps) in enumerate(zip(problems, prompt_ids, outs))]
         return groups, stats

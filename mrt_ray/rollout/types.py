@@ -29,3 +29,11 @@ class Completion:
     finished: bool  # ended with EOS or a stop string; False: cut at max_tokens (truncated)
     version: int = 0  # policy version (number of weight pushes) that produced it
     meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class CollectedRollout:
+    """Completions already sampled, in the place of a pending submission's futures: [prompt][sample], stats."""
+
+    outs: list[list[Completion]]
+    stats: dict
