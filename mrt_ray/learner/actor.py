@@ -83,9 +83,11 @@ class Learner:
         ac = self.cfg.algo
         n = len(shard["input_ids"])
         size = math.ceil(n / n_micro)
+        # micro-batches of similar lengths (each is padded to its longest sequence); order kept inside a chunk
+        by_length = sorted(range(n), key=lambda j: len(shard["input_ids"][j]))
         batches = []  # (collated micro-batch, weight): an empty chunk still runs with weight 0 so every rank reduces
         for i in range(n_micro):
-            idx = list(range(i * size, min(n, (i + 1) * size)))
+            idx = sorted(by_length[i * size:(i + 1) * size])
             sub = {key: [v[j] for j in (idx or [0])] for key, v in shard.items()}
             batches.append((collate(sub, self.tok.pad_token_id, self.device), 1.0 if idx else 0.0))
         old: list[torch.Tensor | None] = [None] * n_micro
