@@ -68,6 +68,7 @@ class Trainer:
         self.source = PromptSource(cfg, self.tok)
         self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout)
         self.mrt = uses_estimator(cfg)
+        self.bad_steps = 0  # non-finite steps skipped so far (learner.max_bad_steps)
 
     # ------------------------------------------------------------------ set-up
     def start_actors(self) -> None:
@@ -136,6 +137,8 @@ class Trainer:
             m.update(self.learners.train(batch))  # 7. learn
         m["learn_seconds_wall"] = time.perf_counter() - t
         if m.get("skipped"):
+            self.bad_steps += 1  # counted here and checkpointed, so a resumed run keeps counting
+            m["bad_steps"] = self.bad_steps
             if m["bad_steps"] >= cfg.learner.max_bad_steps:
                 raise RuntimeError(f"{int(m['bad_steps'])} steps had a non-finite loss (learner.max_bad_steps="
                                    f"{cfg.learner.max_bad_steps}); stopping. Lower learner.lr or check the data.")
@@ -195,6 +198,7 @@ class Trainer:
         if self.resume_from is not None:
             state = checkpoint.load(self.resume_from, self.learners)
             start, self.version, wandb_id = state["step"] + 1, state["version"], state.get("wandb_id", "")
+            self.bad_steps = state.get("bad_steps", 0)
         self.tracker = Tracker(cfg, self.dir, cfg.train.steps, start, wandb_id)
         if resumed:  # rows past the checkpoint are rewritten; no checkpoint yet: all (the first eval runs again)
             self.tracker.truncate(start - 1 if start else -2)
@@ -238,7 +242,8 @@ class Trainer:
                 *self.pool.collect(futures))
             self.next_pending = problems, prompt_ids, prefetched
         path = checkpoint.save(self.dir, step, self.learners,
-                               {"version": self.version, "wandb_id": self.tracker.wandb_id}, prefetched)
+                               {"version": self.version, "wandb_id": self.tracker.wandb_id,
+                                "bad_steps": self.bad_steps}, prefetched)
         checkpoint.prune(self.dir)
         return path
 

@@ -231,6 +231,29 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(small_cfg):
     assert "push_seconds" not in rows[0]
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_skipped_step_count_survives_resume(small_cfg, tmp_path):
+    """The non-finite step counter is checkpointed: resumed from the step-0 checkpoint, step 1 counts 2, not 1."""
+    import shutil
+
+    from mrt_ray.rewards import REWARDS, register_reward
+    from mrt_ray.trainer import Trainer
+
+    if "nan_for_test" not in REWARDS:
+        register_reward("nan_for_test")(lambda correct, lengths, finished, cfg: [math.nan] * len(correct))
+    cfg = small_cfg("algo.reward=nan_for_test", "learner.max_bad_steps=5", "train.steps=2", "train.save_every=1")
+    Trainer(cfg).run()
+    run = Path(cfg.run.dir)
+    assert [_rows(run)[k]["bad_steps"] for k in (0, 1)] == [1, 2]
+    cut = tmp_path / "cut"
+    shutil.copytree(run, cut)
+    shutil.rmtree(cut / "checkpoints" / "step_000001")
+    (cut / "checkpoints" / "latest").write_text("step_000000")
+    (cut / "summary.json").unlink()
+    Trainer(small_cfg(f"resume={cut}")).run()
+    assert _rows(cut)[1]["bad_steps"] == 2
+
+
 def test_prompt_longer_than_context_is_an_error_or_counted(tmp_path, tiny_model):
     """Task data: a prompt that leaves no room for max_new_tokens in the context (320 - 48 = 272 tokens) is an error
     naming file and line, or skipped and counted with task.on_bad_row=skip."""

@@ -59,7 +59,6 @@ class Learner:
             self.ref = load_causal_lm(model_path, cfg.model).to(self.device).eval().requires_grad_(False)
         self.engine = ds.initialize(model, cfg, cfg.learner.micro_batch_size)
         self.zero3 = cfg.learner.zero_stage == 3
-        self.bad_steps = 0
         self.weight_group = None
 
     # ------------------------------------------------------------------ training
@@ -117,9 +116,7 @@ class Learner:
                     loss = loss * weight / n_micro
                 if not self._all_finite(loss.detach()):
                     self.engine.zero_grad()
-                    self.bad_steps += 1
-                    return {"skipped": 1.0, "bad_steps": float(self.bad_steps),
-                            "learn_seconds": time.perf_counter() - t0}
+                    return {"skipped": 1.0, "learn_seconds": time.perf_counter() - t0}
                 ds.set_accumulation_boundary(self.engine, k == n_micro - 1)
                 self.engine.backward(loss, scale_wrt_gas=False)
                 self.engine.step()

@@ -64,7 +64,7 @@ class LearnerGroup:
         stats = self._gather([a.train_step.remote(p, n_micro, global_tokens) for a, p in zip(self.actors, payload)],
                              "train_step", timeout=None)  # a long step is fine: its collectives time out
         if stats[0].get("skipped"):
-            return {"skipped": 1.0, "bad_steps": stats[0]["bad_steps"], "learn_seconds": stats[0]["learn_seconds"]}
+            return {"skipped": 1.0, "learn_seconds": stats[0]["learn_seconds"]}
         tokens = sum(s["tokens"] for s in stats)
         out = {k: sum(s[k] * s["tokens"] for s in stats) / max(tokens, 1) for k in stats[0]
                if k not in ("tokens", "logprob_diff_sum", "grad_norm", "lr", "learn_seconds", "skipped")}
