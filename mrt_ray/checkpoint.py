@@ -1,10 +1,10 @@
-"""Checkpoints that make a resumed run continue exactly: the policy (HF safetensors, loadable by transformers and
-vLLM), DeepSpeed's optimizer/scheduler state, and the controller's state (step, policy version, W&B run id, skipped steps). No
-RNG state needs saving: every random draw (prompts, sampler seeds, MRT cut points) is a pure function of
-(seed, step, index), so step k of a resumed run draws exactly what step k of an uninterrupted run drew. In async
-mode the next step's batch was already sampled with the weights before this update, which no checkpoint holds, so
-it is saved too (`prefetched_rollout.json`) and a resumed run trains on it. Written under a temporary name and
-renamed, and `latest` is updated last: a crash never leaves a half checkpoint as the latest."""
+"""Checkpoints that make a resumed run continue exactly: the policy (HF safetensors, loadable by transformers and vLLM),
+DeepSpeed's optimizer/scheduler state, and the controller's state (step, policy version, W&B run id, skipped steps).
+No RNG state needs saving: every random draw (prompts, sampler seeds, MRT cut points) is a pure function of (seed,
+step, index), so step k of a resumed run draws exactly what step k of an uninterrupted run drew. In async mode the
+next step's batch was already sampled with the weights before this update, which no checkpoint holds, so it is saved
+too (`prefetched_rollout.json`) and a resumed run trains on it. Written under a temporary name and renamed, and
+`latest` is updated last: a crash never leaves a half checkpoint as the latest."""
 from __future__ import annotations
 
 import json

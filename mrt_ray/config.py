@@ -32,7 +32,7 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = ""  # HF causal-LM directory or .gguf file; empty: the embedded base policy (built by `mrt-ray bootstrap`)
+    path: str = ""  # HF causal-LM directory or .gguf file; empty: the embedded base policy (`mrt-ray bootstrap`)
     dtype: str = "float32"  # float32 | bfloat16 | float16; used by learner AND rollout so log-probs agree
     max_model_len: int = 320
     trust_remote_code: bool = False
