@@ -52,3 +52,14 @@ def ray_session():
     init_ray(cfg)
     yield
     ray.shutdown()
+
+
+def signal_processes(procs, how: str) -> None:
+    """`how` ("terminate" or "kill") every psutil process in `procs`; one that is already gone is skipped."""
+    import psutil
+
+    for p in procs:
+        try:
+            getattr(p, how)()
+        except psutil.NoSuchProcess:
+            pass

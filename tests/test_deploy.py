@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import SMALL
+from conftest import SMALL, signal_processes
 
 from mrt_ray.utils import free_port
 
@@ -87,17 +87,9 @@ class RayHead:
 
     def stop(self) -> None:
         procs = self.processes()
-        for p in procs:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
+        signal_processes(procs, "terminate")
         _, alive = psutil.wait_procs(procs, timeout=15)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        signal_processes(alive, "kill")
         psutil.wait_procs(alive, timeout=10)
         shutil.rmtree(self.temp, ignore_errors=True)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import SMALL
+from conftest import SMALL, signal_processes
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "secret-0123456789abcdef"  # a fake W&B key: it must never reach the run directory
@@ -69,11 +69,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         tree = []
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    for p in tree:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    signal_processes(tree, "kill")
     psutil.wait_procs(tree, timeout=30)
 
 
