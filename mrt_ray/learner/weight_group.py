@@ -72,16 +72,16 @@ def send_tensors(group: WeightGroup, tensors: Iterable[tuple[str, torch.Tensor]]
     return {name: checksum(t) for name, t in sent}
 
 
-def receive_tensors(group: WeightGroup, metas: list[TensorMeta], sums: dict[str, float]) -> list[tuple[str, torch.Tensor]]:
+def receive_tensors(group: WeightGroup, metas: list[TensorMeta]) -> tuple[list[tuple[str, torch.Tensor]],
+                                                                          dict[str, float]]:
     """A receiver: every tensor arrives back to back (nothing else runs between broadcasts, so the transfer runs at
-    the group's bandwidth), then their checksums go into `sums`."""
+    the group's bandwidth); returns them in metadata order and their {name: checksum}."""
     out = []
     for m in metas:
         t = torch.empty(m.shape, dtype=getattr(torch, m.dtype), device=group.device)
         _broadcast(group, t)
         out.append((m.name, t))
-    sums.update({name: checksum(t) for name, t in out})
-    return out
+    return out, {name: checksum(t) for name, t in out}
 
 
 def verify_checksums(sent: dict[str, float], received: dict[str, float], who: str, rtol: float = 1e-9) -> None:

@@ -58,8 +58,8 @@ class HFEngine:
 
     @torch.no_grad()
     def receive_weights(self) -> list[dict[str, float]]:
-        sums: dict[str, float] = {}
-        state = dict(receive_tensors(self._group, self._metas, sums))
+        tensors, sums = receive_tensors(self._group, self._metas)
+        state = dict(tensors)
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if "rotary" not in m]:
             raise RuntimeError(f"HF engine: pushed weights do not match the model: missing {missing[:3]}, "

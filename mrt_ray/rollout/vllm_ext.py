@@ -28,7 +28,6 @@ class WeightSyncExtension:
         return rank
 
     def mrt_receive_weights(self) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        tensors = receive_tensors(self._mrt_group, self._mrt_metas, sums)  # all received before loading
+        tensors, sums = receive_tensors(self._mrt_group, self._mrt_metas)  # all received before loading
         self.reload_weights(weights_iterator=iter(tensors), is_checkpoint_format=True)
         return sums
