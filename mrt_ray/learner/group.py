@@ -26,13 +26,12 @@ class LearnerGroup:
 
     def call(self, method: str, *args) -> list:
         """Run `method` on every rank and wait; a dead rank is an error naming it."""
-        return self._gather([getattr(a, method).remote(*args) for a in self.actors], method)
+        return self._gather([getattr(a, method).remote(*args) for a in self.actors], method,
+                            self.cfg.learner.collective_timeout_s * 2)
 
-    def _gather(self, futures: list, method: str, timeout: float | None = -1) -> list:
-        """Every rank's result. On failure, name the rank that died: its peers fail too (their collectives lose the
-        connection), so a dead actor is reported before any rank's secondary error."""
-        if timeout == -1:
-            timeout = self.cfg.learner.collective_timeout_s * 2
+    def _gather(self, futures: list, method: str, timeout: float | None) -> list:
+        """Every rank's result (`timeout` per rank; None: wait). On failure, name the rank that died: its peers fail
+        too (their collectives lose the connection), so a dead actor is reported before any rank's secondary error."""
         out, errors = [], {}
         for rank, f in enumerate(futures):
             try:
@@ -42,8 +41,9 @@ class LearnerGroup:
         if errors:
             dead = [r for r, e in errors.items() if isinstance(e, ray.exceptions.RayActorError)]
             rank = dead[0] if dead else min(errors)
-            raise RuntimeError(f"learner rank {rank} {'died' if dead else 'failed'} during {method}: {errors[rank]}. "
-                               f"The run can be resumed from its last checkpoint with resume=<run dir>.") from errors[rank]
+            err = errors[rank]
+            raise RuntimeError(f"learner rank {rank} {'died' if dead else 'failed'} during {method}: {err}. "
+                               f"The run can be resumed from its last checkpoint with resume=<run dir>.") from err
         return out
 
     def train(self, trajs: list[Trajectory]) -> dict:
