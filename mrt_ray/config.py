@@ -37,7 +37,7 @@ class ModelConfig:
     max_model_len: int = 320
     trust_remote_code: bool = False
     gguf_file: str = ""  # a GGUF file inside `path` (or give path=FILE.gguf): converted once to safetensors
-    convert_dir: str = "runs/models"  # where GGUF checkpoints are converted (cached by file hash and dtype)
+    convert_dir: str = "runs/models"  # where GGUF files are converted (cached by path, size, mtime, dtype)
 
 
 @dataclass

@@ -39,13 +39,12 @@ def hf_model_dir(path: str, mc: ModelConfig) -> str:
 
 def convert_gguf(gguf: Path, out_root: Path, dtype: str, trust_remote_code: bool = False) -> Path:
     """Dequantize a GGUF checkpoint with transformers (needs the `gguf` extra) and write it with its tokenizer as
-    an HF safetensors directory <out_root>/<stem>-<hash of file and dtype>; a second call returns that directory.
-    vLLM's CPU build cannot load GGUF itself, and the learners need full-precision weights anyway."""
-    h = hashlib.sha256(dtype.encode())
-    with open(gguf, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    out = out_root / f"{gguf.stem}-{h.hexdigest()[:12]}"
+    an HF safetensors directory <out_root>/<stem>-<key>; a second call returns that directory. The key hashes the
+    file's path, size and modification time with the dtype (not its bytes: a multi-GB file would be read at every
+    start). vLLM's CPU build cannot load GGUF itself, and the learners need full-precision weights anyway."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{dtype}".encode()).hexdigest()
+    out = out_root / f"{gguf.stem}-{key[:12]}"
     out_root.mkdir(parents=True, exist_ok=True)
     with open(out_root / f".{out.name}.lock", "w") as lock:  # concurrent runs wait for the one converting
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -67,7 +66,7 @@ def convert_gguf(gguf: Path, out_root: Path, dtype: str, trust_remote_code: bool
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             (tmp / "conversion.json").write_text(json.dumps({"source": str(gguf.resolve()), "dtype": dtype,
-                                                             "cache_key": h.hexdigest()}, indent=2))
+                                                             "cache_key": key}, indent=2))
     return out
 
 
