@@ -87,8 +87,10 @@ def test_zero_stages_agree(small_cfg, tiny_model):
         assert max(abs(a - b) for a, b in zip(probe, ref_probe)) < 1e-4
 
 
-def test_push_reaches_rollout_worker(small_cfg, tiny_model):
-    """After an update and a push, the vLLM worker's log-probs equal the learner's; before the push they differ."""
+@pytest.mark.parametrize("backend", ["vllm", "hf"])
+def test_push_reaches_rollout_worker(small_cfg, tiny_model, backend):
+    """After an update and a push, the rollout worker's log-probs (vLLM or HF engine) equal the learner's; before the
+    push they differ."""
     import ray
 
     from mrt_ray.actors import Placement
@@ -97,7 +99,7 @@ def test_push_reaches_rollout_worker(small_cfg, tiny_model):
     from mrt_ray.learner.push import WeightSync
     from mrt_ray.rollout.worker import RolloutWorker
 
-    cfg = small_cfg("learner.lr=5e-2", "learner.zero_stage=3")
+    cfg = small_cfg("learner.lr=5e-2", "learner.zero_stage=3", f"rollout.backend={backend}")
     tok = load_tokenizer(tiny_model, cfg.model)
     trajs = _trajectories(tok)
     probe = trajs[0].prompt_ids + trajs[0].completion.ids
