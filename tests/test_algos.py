@@ -9,6 +9,8 @@ import torch
 from mrt_ray.algos import (
     ADVANTAGES,
     LOSSES,
+    LossInputs,
+    StepNorm,
     aggregate,
     entropy_from_logits,
     gather_logprobs,
@@ -140,19 +142,26 @@ def cfg(**kw) -> AlgoConfig:
     return AlgoConfig(**{"clip_eps": 0.2, "clip_eps_high": 0.28, "kl_coef": 0.0, "entropy_coef": 0.0, **kw})
 
 
+def run_loss(name, logp, old, c, agg_const=0, **inputs):
+    """The registered loss aggregated over this one batch (what the learner does for a one-micro-batch step)."""
+    inp = LossInputs(mask=inputs.pop("mask", MASK), adv=inputs.pop("adv", ADV), old_logp=old, **inputs)
+    per_token, stats = LOSSES[name](logp, inp, c)
+    return aggregate(per_token, inp.mask, c.loss_agg, StepNorm.local(inp.mask, agg_const)), stats
+
+
 @pytest.mark.parametrize(
     "agg, const, expected",
     [
-        ("token_mean", None, -4.72 / 5),
-        ("seq_mean", None, ((-1.28 + 0.8 - 2.2) / 3 + (-1.4 - 0.64) / 2) / 2),
+        ("token_mean", 0, -4.72 / 5),
+        ("seq_mean", 0, ((-1.28 + 0.8 - 2.2) / 3 + (-1.4 - 0.64) / 2) / 2),
         ("constant", 4, -4.72 / (2 * 4)),
     ],
 )
 def test_ppo_clip_aggregation(agg, const, expected):
     logp, old = ppo_inputs()
-    loss, stats = LOSSES["ppo_clip"](logp, old, ADV, MASK, cfg(loss_agg=agg), agg_constant=const)
+    loss, stats = run_loss("ppo_clip", logp, old, cfg(loss_agg=agg), const)
     assert loss.item() == pytest.approx(expected, abs=1e-5)
-    assert stats["pg_loss"] == pytest.approx(expected, abs=1e-5)
+    assert stats["pg_loss"] == pytest.approx(-4.72 / 5, abs=1e-5)  # stats are masked token means
     assert stats["clip_frac"] == pytest.approx(3 / 5)
     assert stats["ratio_mean"] == pytest.approx((1.5 + 0.5 + 1.1 + 0.7 + 1.3) / 5, abs=1e-5)
     k3_old = sum(r - 1 - math.log(r) for r in (1.5, 0.5, 1.1, 0.7, 1.3)) / 5
@@ -166,8 +175,8 @@ def test_ppo_clip_gradient_only_through_logp():
     adv = ADV.clone().requires_grad_(True)
     ref = (OLD - 0.1).requires_grad_(True)
     w = torch.full((2, 3), 0.5, requires_grad=True)
-    loss, _ = LOSSES["ppo_clip"](logp, old, adv, MASK, cfg(kl_coef=0.1, kl_estimator="k1"), ref_logp=ref,
-                                 is_weight=w)
+    loss, _ = run_loss("ppo_clip", logp, old, cfg(kl_coef=0.1, kl_estimator="k1"), adv=adv, ref_logp=ref,
+                       is_weight=w)
     loss.backward()
     assert old.grad is None and adv.grad is None and ref.grad is None and w.grad is None
     # token_mean over 5 tokens: d(-A r w)/dlogp = -A r w / 5 on unclipped tokens, 0 on clipped ones; k1 adds .1 / 5
@@ -178,10 +187,10 @@ def test_ppo_clip_gradient_only_through_logp():
 def test_ppo_clip_is_weight_kl_and_entropy_terms():
     logp, old = ppo_inputs()
     ref = old + torch.tensor([[0.5, 0.0, -1.0], [0.0, 0.0, 0.0]])  # ref - logp per token
-    ent = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 60.0]])
+    ent = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 60.0]], requires_grad=True)
     w = torch.tensor([[2.0, 1.0, 1.0], [1.0, 0.0, 7.0]])
     c = cfg(kl_coef=0.1, kl_estimator="k3", entropy_coef=0.01)
-    loss, stats = LOSSES["ppo_clip"](logp, old, ADV, MASK, c, ref_logp=ref, is_weight=w, entropy=ent)
+    loss, stats = run_loss("ppo_clip", logp, old, c, ref_logp=ref, is_weight=w, entropy=ent)
     d = (ref - logp).detach()
     k3 = torch.exp(d) - d - 1
     kl_sum = float(k3[0].sum() + k3[1, :2].sum())
@@ -189,6 +198,8 @@ def test_ppo_clip_is_weight_kl_and_entropy_terms():
     assert loss.item() == pytest.approx(pg + 0.1 * kl_sum / 5 - 0.01 * 15 / 5, abs=1e-5)
     assert stats["kl"] == pytest.approx(kl_sum / 5, abs=1e-5)
     assert stats["entropy"] == pytest.approx(3.0)
+    loss.backward()  # the entropy bonus carries gradient: -coef / tokens on every real token, 0 on padding
+    close(ent.grad, [[-0.002, -0.002, -0.002], [-0.002, -0.002, 0.0]])
 
 
 def test_kl_estimators():
@@ -202,20 +213,22 @@ def test_kl_estimators():
 def test_ppo_clip_bad_config():
     logp, old = ppo_inputs()
     with pytest.raises(ValueError, match="algo.loss_agg='sum'"):
-        LOSSES["ppo_clip"](logp, old, ADV, MASK, cfg(loss_agg="sum"))
-    with pytest.raises(ValueError, match="positive agg_constant"):
-        LOSSES["ppo_clip"](logp, old, ADV, MASK, cfg(loss_agg="constant"))
+        run_loss("ppo_clip", logp, old, cfg(loss_agg="sum"))
+    with pytest.raises(ValueError, match="positive max_tokens"):
+        run_loss("ppo_clip", logp, old, cfg(loss_agg="constant"))
     with pytest.raises(ValueError, match="needs ref_logp"):
-        LOSSES["ppo_clip"](logp, old, ADV, MASK, cfg(kl_coef=0.1))
+        run_loss("ppo_clip", logp, old, cfg(kl_coef=0.1))
     with pytest.raises(ValueError, match="needs the per-token entropy"):
-        LOSSES["ppo_clip"](logp, old, ADV, MASK, cfg(entropy_coef=0.1))
+        run_loss("ppo_clip", logp, old, cfg(entropy_coef=0.1))
     with pytest.raises(ValueError, match="adv has shape"):
-        LOSSES["ppo_clip"](logp, old, ADV[:, :2], MASK, cfg())
+        run_loss("ppo_clip", logp, old, cfg(), adv=ADV[:, :2])
+    with pytest.raises(ValueError, match="needs inputs.old_logp"):
+        LOSSES["ppo_clip"](logp, LossInputs(mask=MASK, adv=ADV), cfg())
 
 
-def test_sft_is_token_mean_nll():
+def test_sft_is_nll_aggregated_like_any_loss():
     logp = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -5.0, -99.0]], requires_grad=True)
-    loss, stats = LOSSES["sft"](logp, logp.detach(), ADV, MASK, cfg(loss_agg="seq_mean"))
+    loss, stats = run_loss("sft", logp, None, cfg(loss_agg="token_mean"), adv=None)
     assert loss.item() == pytest.approx(15 / 5)
     assert stats["nll"] == pytest.approx(3.0)
     loss.backward()

@@ -24,7 +24,7 @@ def test_two_step_training_run(small_cfg):
         assert r["push_probe_diff"] < 1e-3  # the push was applied (also enforced inside push())
         assert r["logprob_diff"] < 1e-3  # rollout and learner agree on the sampled tokens' log-probs
         for key in ("generate_seconds", "learn_seconds", "push_seconds", "tokens_mean", "tokens_p90", "truncation",
-                    "entropy", "grad_norm", "reward", "accuracy", "kl" if cfg.algo.kl_coef else "approx_kl"):
+                    "neg_logp", "grad_norm", "reward", "accuracy", "kl" if cfg.algo.kl_coef else "approx_kl"):
             assert key in r, key
     assert (run / "config.yaml").is_file() and (run / "summary.json").is_file()
     # the final checkpoint is an HF directory transformers can load
@@ -85,6 +85,36 @@ def test_zero_stages_agree(small_cfg, tiny_model):
         assert stats["pg_loss"] == pytest.approx(ref_stats["pg_loss"], abs=1e-6)
         assert stats["grad_norm"] == pytest.approx(ref_stats["grad_norm"], rel=1e-4)
         assert max(abs(a - b) for a, b in zip(probe, ref_probe)) < 1e-4
+
+
+def test_entropy_coefficient_changes_the_learner_step(small_cfg, tiny_model):
+    """Through the real Learner (DeepSpeed): algo.entropy_coef > 0 changes the update (its bonus has a gradient)."""
+    from mrt_ray.learner.model import load_tokenizer
+
+    tok = load_tokenizer(tiny_model, small_cfg().model)
+    trajs = _trajectories(tok)
+    common = ("learner.lr=1e-2", "learner.num_ranks=1", "learner.zero_stage=0")
+    s0, p0 = _learner_step(small_cfg(*common), tiny_model, trajs)
+    s1, p1 = _learner_step(small_cfg(*common, "algo.entropy_coef=0.5"), tiny_model, trajs)
+    assert "entropy" not in s0 and s1["entropy"] > 0  # computed only when its coefficient is > 0
+    assert s1["grad_norm"] != pytest.approx(s0["grad_norm"], rel=1e-3)
+    assert max(abs(a - b) for a, b in zip(p0, p1)) > 1e-4
+
+
+@pytest.mark.parametrize("agg", ["seq_mean", "constant", "token_mean"])
+def test_unequal_shards_and_micro_batches_match_one_batch(small_cfg, tiny_model, agg):
+    """3 sequences of different lengths on 2 ranks (2 + 1, one micro-batch each per sequence, so rank 1 runs an empty
+    micro-batch) give exactly the gradient of one rank with one micro-batch, for every aggregation."""
+    from mrt_ray.learner.model import load_tokenizer
+
+    tok = load_tokenizer(tiny_model, small_cfg().model)
+    trajs = _trajectories(tok, n_groups=1, n=3)
+    common = ("learner.lr=1e-2", "learner.zero_stage=2", f"algo.loss_agg={agg}")
+    one, p_one = _learner_step(small_cfg(*common, "learner.num_ranks=1"), tiny_model, trajs)
+    two, p_two = _learner_step(small_cfg(*common, "learner.num_ranks=2", "learner.micro_batch_size=1"), tiny_model,
+                               trajs)
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
+    assert max(abs(a - b) for a, b in zip(p_one, p_two)) < 1e-5
 
 
 @pytest.mark.parametrize("backend", ["vllm", "hf"])

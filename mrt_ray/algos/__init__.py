@@ -1,4 +1,4 @@
-"""Advantage estimators and policy losses (pure torch)."""
+"""Advantage estimators, policy losses and log-prob helpers (pure torch)."""
 from mrt_ray.algos.advantages import (
     ADVANTAGES,
     AdvantageFn,
@@ -8,21 +8,16 @@ from mrt_ray.algos.advantages import (
     token_advantages,
     whiten,
 )
-from mrt_ray.algos.losses import (
-    LOSSES,
-    LossFn,
-    aggregate,
-    entropy_from_logits,
-    gather_logprobs,
-    kl_penalty,
-    register_loss,
-)
+from mrt_ray.algos.logprobs import entropy_from_logits, gather_logprobs
+from mrt_ray.algos.losses import LOSSES, LossFn, LossInputs, StepNorm, aggregate, kl_penalty, register_loss
 
 __all__ = [
     "ADVANTAGES",
     "AdvantageFn",
     "LOSSES",
     "LossFn",
+    "LossInputs",
+    "StepNorm",
     "aggregate",
     "entropy_from_logits",
     "gather_logprobs",

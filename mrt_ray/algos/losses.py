@@ -1,13 +1,16 @@
-"""Policy losses (PPO-clip with clip-higher, KL to a reference, entropy bonus; SFT NLL) and log-prob helpers.
+"""Policy losses (PPO-clip with clip-higher, KL to a reference, entropy bonus; SFT NLL) and their aggregation.
 
-Every registered loss has the `LossFn` signature and returns `(scalar loss, stats)`. All per-token tensors are
-`[B, T]` over the completion tokens; `mask` is 1 on real completion tokens and 0 on padding. Only `logp` (and
-`entropy`, a function of the current policy too) carry gradient: `old_logp`, `adv`, `ref_logp` and `is_weight` are
-detached.
+A registered loss maps the current policy's log-probs and a `LossInputs` to a PER-TOKEN loss `[B, T]` plus statistics
+(masked means over the micro-batch). It never reduces over tokens itself: `aggregate` does, with the normalisers of
+the whole optimizer step (`StepNorm`: every micro-batch on every learner rank), so token_mean, seq_mean and constant
+give each token or sequence exactly its intended weight however the step is split. All per-token tensors are
+`[B, T]` over completion tokens; `mask` is 1 on real completion tokens and 0 on padding. Only `logp` and `entropy`
+(a function of the current policy too) carry gradient: the others are detached here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
@@ -21,46 +24,61 @@ AGG_MODES = ("token_mean", "seq_mean", "constant")
 KL_ESTIMATORS = ("k1", "k3")
 
 
+@dataclass
+class LossInputs:
+    """What a loss may read besides the current log-probs. Each tensor `[B, T]`; None when the method has none."""
+
+    mask: Tensor  # 1 on completion tokens
+    adv: Tensor | None = None  # per-token advantages
+    old_logp: Tensor | None = None  # log-probs of the policy that the ratio compares against
+    ref_logp: Tensor | None = None  # frozen reference policy (algo.kl_coef > 0)
+    is_weight: Tensor | None = None  # truncated importance weight of async samples
+    entropy: Tensor | None = None  # per-position entropy of the current policy, WITH gradient (entropy_coef > 0)
+
+
+@dataclass(frozen=True)
+class StepNorm:
+    """Normalisers of one optimizer step: completion tokens and sequences over ALL micro-batches and ranks, and
+    Dr. GRPO's constant (max_new_tokens). `local(mask)` gives a single batch's own."""
+
+    tokens: float
+    seqs: float  # sequences with at least one completion token
+    max_tokens: int = 0
+
+    @classmethod
+    def local(cls, mask: Tensor, max_tokens: int = 0) -> StepNorm:
+        m = mask.bool()
+        return cls(float(m.sum()), float((m.sum(dim=1) > 0).sum()), max_tokens)
+
+
 class LossFn(Protocol):
-    def __call__(
-        self,
-        logp: Tensor,
-        old_logp: Tensor,
-        adv: Tensor,
-        mask: Tensor,
-        cfg: AlgoConfig,
-        ref_logp: Tensor | None = None,
-        is_weight: Tensor | None = None,
-        entropy: Tensor | None = None,
-        agg_constant: int | None = None,
-    ) -> tuple[Tensor, dict[str, float]]: ...
+    def __call__(self, logp: Tensor, inputs: LossInputs, cfg: AlgoConfig) -> tuple[Tensor, dict[str, float]]: ...
 
 
 LOSSES: Registry[LossFn] = Registry("loss", "algo.loss")
 register_loss = LOSSES.register
 
 
-def aggregate(values: Tensor, mask: Tensor, mode: str, agg_constant: int | None = None) -> Tensor:
-    """Reduce per-token `values: [B, T]` to a scalar over the tokens where `mask` is 1.
+def aggregate(values: Tensor, mask: Tensor, mode: str, norm: StepNorm | None = None) -> Tensor:
+    """This micro-batch's share of the step's scalar loss, from per-token `values: [B, T]` where `mask` is 1.
 
-    token_mean: sum / number of tokens in the batch; seq_mean: mean over each sequence's tokens, then over the
-    sequences that have tokens; constant: sum / (B * agg_constant) (Dr. GRPO, agg_constant = max_new_tokens).
+    token_mean: sum / tokens of the step; seq_mean: sum over sequences of (mean over its tokens) / sequences of the
+    step; constant: sum / (sequences of the step * max_tokens) (Dr. GRPO). Summed over every micro-batch of every rank,
+    the shares give the aggregate of the whole step. `norm` None: this batch is the whole step.
     """
     m = mask.bool()
+    norm = norm if norm is not None else StepNorm.local(m)
     vals = torch.where(m, values, torch.zeros_like(values))
     if mode == "token_mean":
-        return vals.sum() / m.sum().clamp(min=1)
+        return vals.sum() / max(norm.tokens, 1.0)
     if mode == "seq_mean":
-        per_seq = m.sum(dim=1)  # [B]
-        has = per_seq > 0
-        seq_means = vals.sum(dim=1)[has] / per_seq[has]  # [B'] sequences with at least one token
-        return seq_means.mean() if seq_means.numel() else vals.sum()
+        per_seq = m.sum(dim=1).clamp(min=1)  # [B]; sequences without tokens contribute 0
+        return (vals.sum(dim=1) / per_seq).sum() / max(norm.seqs, 1.0)
     if mode == "constant":
-        if agg_constant is None or agg_constant <= 0:
-            raise ValueError(
-                f"algo.loss_agg=constant needs a positive agg_constant (max_new_tokens), got {agg_constant}"
-            )
-        return vals.sum() / (values.shape[0] * agg_constant)
+        if norm.max_tokens <= 0:
+            raise ValueError(f"algo.loss_agg=constant needs a positive max_tokens (max_new_tokens), got "
+                             f"{norm.max_tokens}")
+        return vals.sum() / (max(norm.seqs, 1.0) * norm.max_tokens)
     raise ValueError(f"algo.loss_agg={mode!r} is not one of {list(AGG_MODES)}")
 
 
@@ -76,127 +94,70 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
     raise ValueError(f"algo.kl_estimator={estimator!r} is not one of {list(KL_ESTIMATORS)}")
 
 
-def _masked_mean(values: Tensor, m: Tensor) -> float:
-    return float(torch.where(m, values, torch.zeros_like(values)).sum() / m.sum().clamp(min=1))
+def masked_mean(values: Tensor, mask: Tensor) -> float:
+    m = mask.bool()
+    return float(torch.where(m, values.detach(), torch.zeros_like(values)).sum() / m.sum().clamp(min=1))
 
 
-def _check_shapes(where: str, logp: Tensor, **others: Tensor | None) -> None:
+def _check_shapes(where: str, logp: Tensor, inputs: LossInputs, needs: tuple[str, ...]) -> None:
     if logp.dim() != 2:
         raise ValueError(f"{where}: logp must be [B, T], got shape {tuple(logp.shape)}")
-    for name, t in others.items():
+    for name in needs:
+        if getattr(inputs, name) is None:
+            raise ValueError(f"{where}: needs inputs.{name}, got None")
+    for name in ("mask", "adv", "old_logp", "ref_logp", "is_weight", "entropy"):
+        t = getattr(inputs, name)
         if t is not None and t.shape != logp.shape:
             raise ValueError(f"{where}: {name} has shape {tuple(t.shape)}, expected {tuple(logp.shape)} like logp")
 
 
 @register_loss("ppo_clip")
-def ppo_clip(
-    logp: Tensor,
-    old_logp: Tensor,
-    adv: Tensor,
-    mask: Tensor,
-    cfg: AlgoConfig,
-    ref_logp: Tensor | None = None,
-    is_weight: Tensor | None = None,
-    entropy: Tensor | None = None,
-    agg_constant: int | None = None,
-) -> tuple[Tensor, dict[str, float]]:
-    """PPO-clip: per token max(-A r, -A clip(r, 1 - clip_eps, 1 + clip_eps_high)), r = exp(logp - old_logp),
-    times `is_weight` (truncated IS weight of async samples; it scales this policy-gradient term only), plus
-    kl_coef * KL(pi || ref) minus entropy_coef * entropy, aggregated per `cfg.loss_agg`.
+def ppo_clip(logp: Tensor, inputs: LossInputs, cfg: AlgoConfig) -> tuple[Tensor, dict[str, float]]:
+    """PPO-clip per token: max(-A r, -A clip(r, 1 - clip_eps, 1 + clip_eps_high)), r = exp(logp - old_logp), times
+    `is_weight` (async samples; it scales this policy-gradient term only), plus kl_coef * KL(pi || ref) minus
+    entropy_coef * entropy.
 
-    Stats: pg_loss, clip_frac (tokens whose clipped term is the active one), approx_kl (k3 estimate of KL(old || pi)),
-    ratio_mean, kl (when ref_logp is given), entropy (when given); means over masked tokens.
+    Stats: pg_loss (masked mean), clip_frac (tokens whose clipped term is the active one), approx_kl (k3 estimate of
+    KL(old || pi)), ratio_mean, kl (when ref_logp is given), entropy (when given).
     """
-    _check_shapes("ppo_clip", logp, old_logp=old_logp, adv=adv, mask=mask, ref_logp=ref_logp,
-                  is_weight=is_weight, entropy=entropy)
-    if cfg.kl_coef != 0 and ref_logp is None:
+    _check_shapes("ppo_clip", logp, inputs, ("adv", "old_logp"))
+    if cfg.kl_coef != 0 and inputs.ref_logp is None:
         raise ValueError(f"algo.kl_coef={cfg.kl_coef} needs ref_logp (reference-model log-probs), got None")
-    if cfg.entropy_coef != 0 and entropy is None:
+    if cfg.entropy_coef != 0 and inputs.entropy is None:
         raise ValueError(f"algo.entropy_coef={cfg.entropy_coef} needs the per-token entropy, got None")
-    m = mask.bool()
+    m = inputs.mask.bool()
     zero = torch.zeros_like(logp)
     # padding is zeroed before exp so garbage there can give neither inf nor NaN gradients
-    log_ratio = torch.where(m, logp - old_logp.detach(), zero)  # [B, T]
+    log_ratio = torch.where(m, logp - inputs.old_logp.detach(), zero)  # [B, T]
     ratio = torch.exp(log_ratio)
-    a = torch.where(m, adv.detach(), zero)
+    a = torch.where(m, inputs.adv.detach(), zero)
     pg_unclipped = -a * ratio
     pg_clipped = -a * ratio.clamp(1.0 - cfg.clip_eps, 1.0 + cfg.clip_eps_high)
     pg = torch.maximum(pg_unclipped, pg_clipped)  # [B, T]
-    if is_weight is not None:
-        pg = pg * torch.where(m, is_weight.detach(), zero)
+    if inputs.is_weight is not None:
+        pg = pg * torch.where(m, inputs.is_weight.detach(), zero)
     per_token = pg
-    with torch.no_grad():
-        stats = {
-            "pg_loss": float(aggregate(pg, m, cfg.loss_agg, agg_constant)),
-            "clip_frac": _masked_mean((pg_clipped > pg_unclipped).to(logp.dtype), m),
-            "approx_kl": _masked_mean(ratio - 1 - log_ratio, m),
-            "ratio_mean": _masked_mean(ratio, m),
-        }
-    if ref_logp is not None:
-        kl = kl_penalty(torch.where(m, logp, zero), torch.where(m, ref_logp, zero), cfg.kl_estimator)  # [B, T]
-        stats["kl"] = _masked_mean(kl.detach(), m)
+    stats = {
+        "pg_loss": masked_mean(pg, m),
+        "clip_frac": masked_mean((pg_clipped > pg_unclipped).to(logp.dtype), m),
+        "approx_kl": masked_mean(ratio - 1 - log_ratio, m),
+        "ratio_mean": masked_mean(ratio, m),
+    }
+    if inputs.ref_logp is not None:
+        kl = kl_penalty(torch.where(m, logp, zero), torch.where(m, inputs.ref_logp, zero), cfg.kl_estimator)
+        stats["kl"] = masked_mean(kl, m)
         if cfg.kl_coef != 0:
             per_token = per_token + cfg.kl_coef * kl
-    if entropy is not None:
-        stats["entropy"] = _masked_mean(entropy.detach(), m)
+    if inputs.entropy is not None:
+        stats["entropy"] = masked_mean(inputs.entropy, m)
         if cfg.entropy_coef != 0:
-            per_token = per_token - cfg.entropy_coef * entropy
-    return aggregate(per_token, m, cfg.loss_agg, agg_constant), stats
+            per_token = per_token - cfg.entropy_coef * torch.where(m, inputs.entropy, zero)
+    return per_token, stats
 
 
 @register_loss("sft")
-def sft(
-    logp: Tensor,
-    old_logp: Tensor,
-    adv: Tensor,
-    mask: Tensor,
-    cfg: AlgoConfig,
-    ref_logp: Tensor | None = None,
-    is_weight: Tensor | None = None,
-    entropy: Tensor | None = None,
-    agg_constant: int | None = None,
-) -> tuple[Tensor, dict[str, float]]:
-    """Negative log-likelihood of the completion tokens, token_mean (MRT-STaR). Only logp and mask are used: the
-    other arguments exist for the shared signature (advantages, old/ref log-probs and weights are ignored)."""
-    _check_shapes("sft", logp, mask=mask)
-    m = mask.bool()
-    nll = -torch.where(m, logp, torch.zeros_like(logp))  # [B, T]
-    loss = aggregate(nll, m, "token_mean")
-    stats = {"nll": float(loss.detach())}
-    if entropy is not None:
-        stats["entropy"] = _masked_mean(entropy.detach(), m)
-    return loss, stats
-
-
-def _rowwise(fn: Callable[..., Tensor], logits: Tensor, *others: Tensor) -> Tensor:
-    """fn(logits, *others) in float32 or float64. Lower-precision logits are upcast one row [T, V] at a time (a full
-    float32 copy of [B, T, V] is never built at once; under autograd each row's copy is kept for backward)."""
-    if logits.dtype in (torch.float32, torch.float64):
-        return fn(logits, *others)
-    return torch.stack([fn(row.float(), *(o[i] for o in others)) for i, row in enumerate(logits)])
-
-
-def _gather_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
-    # log_softmax(logits)[ids] = logits[ids] - logsumexp(logits): no [.., V] log-softmax tensor is materialised
-    return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def _entropy(logits: Tensor) -> Tensor:
-    logz = torch.logsumexp(logits, dim=-1, keepdim=True)  # [.., 1]
-    probs = torch.exp(logits - logz)  # [.., V] the one vocabulary-sized temporary
-    return logz.squeeze(-1) - (probs * logits).sum(dim=-1)
-
-
-def gather_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
-    """log pi(ids[b, t]) from `logits: [B, T, V]` and `ids: [B, T]` -> `[B, T]` (float32 for half-precision logits)."""
-    if logits.dim() != 3 or ids.shape != logits.shape[:2]:
-        raise ValueError(f"gather_logprobs: expected logits [B, T, V] and ids [B, T], got "
-                         f"{tuple(logits.shape)} and {tuple(ids.shape)}")
-    return _rowwise(_gather_logprobs, logits, ids.long())
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of softmax(logits) per position: `[B, T, V]` -> `[B, T]` (float32 for half-precision logits)."""
-    if logits.dim() != 3:
-        raise ValueError(f"entropy_from_logits: expected logits [B, T, V], got {tuple(logits.shape)}")
-    return _rowwise(_entropy, logits)
+def sft(logp: Tensor, inputs: LossInputs, cfg: AlgoConfig) -> tuple[Tensor, dict[str, float]]:
+    """Negative log-likelihood of the completion tokens (MRT-STaR); reads only the mask."""
+    _check_shapes("sft", logp, inputs, ())
+    nll = -torch.where(inputs.mask.bool(), logp, torch.zeros_like(logp))  # [B, T]
+    return nll, {"nll": masked_mean(nll, inputs.mask)}

@@ -16,10 +16,12 @@ import time
 import torch
 import torch.distributed as dist
 
-from mrt_ray.algos.losses import LOSSES, entropy_from_logits, gather_logprobs
+from mrt_ray.algos.logprobs import gather_logprobs
+from mrt_ray.algos.losses import StepNorm
 from mrt_ray.config import Config
 from mrt_ray.learner import ds
 from mrt_ray.learner.model import load_causal_lm, load_tokenizer
+from mrt_ray.learner.objective import microbatch_loss, policy_logprobs, ref_logprobs
 from mrt_ray.learner.weight_group import create_group, send_tensors
 
 
@@ -62,75 +64,64 @@ class Learner:
         self.weight_group = None
 
     # ------------------------------------------------------------------ training
-    def _logprobs(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(input_ids=batch["ids"], attention_mask=batch["attn"]).logits[:, :-1]  # [B, T-1, V]
-        temp = self.cfg.rollout.temperature
-        if temp > 0 and temp != 1.0:
-            logits = logits / temp  # score the distribution the sampler drew from
-        return gather_logprobs(logits, batch["ids"][:, 1:]), logits
-
     def _all_finite(self, x: torch.Tensor) -> bool:
         flag = torch.tensor([1.0 if torch.isfinite(x).all() else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
-    def train_step(self, shard: dict, n_micro: int, global_tokens: int) -> dict:
-        """`learner.ppo_epochs` optimizer steps on this rank's shard, each over exactly `n_micro` micro-batches (equal
-        on every rank, so the collectives line up). The loss is scaled so the DeepSpeed gradient average equals a
-        global token mean. Epoch 1 is on-policy (ratio 1); later epochs clip against the log-probs of epoch 1."""
-        t0 = time.perf_counter()
-        ac = self.cfg.algo
+    def _micro_batches(self, shard: dict, n_micro: int) -> list[tuple[dict, float]]:
+        """`n_micro` collated micro-batches of similar lengths (each is padded to its longest sequence; order kept
+        inside a chunk). An empty chunk still runs, with weight 0, so that every rank enters every collective."""
         n = len(shard["input_ids"])
         size = math.ceil(n / n_micro)
-        # micro-batches of similar lengths (each is padded to its longest sequence); order kept inside a chunk
         by_length = sorted(range(n), key=lambda j: len(shard["input_ids"][j]))
-        batches = []  # (collated micro-batch, weight): an empty chunk still runs with weight 0 so every rank reduces
+        out = []
         for i in range(n_micro):
             idx = sorted(by_length[i * size:(i + 1) * size])
             sub = {key: [v[j] for j in (idx or [0])] for key, v in shard.items()}
-            batches.append((collate(sub, self.tok.pad_token_id, self.device), 1.0 if idx else 0.0))
+            out.append((collate(sub, self.tok.pad_token_id, self.device), 1.0 if idx else 0.0))
+        return out
+
+    def train_step(self, shard: dict, n_micro: int, norm: StepNorm) -> dict:
+        """`learner.ppo_epochs` optimizer steps on this rank's shard, each over exactly `n_micro` micro-batches (equal
+        on every rank, so the collectives line up). `norm` holds the whole step's token and sequence counts, so every
+        aggregation mode is exact however the step is sharded. Epoch 1 is on-policy (ratio 1); later epochs clip
+        against the log-probs of epoch 1."""
+        t0 = time.perf_counter()
+        ac, temp = self.cfg.algo, self.cfg.rollout.temperature
+        batches = self._micro_batches(shard, n_micro)
         old: list[torch.Tensor | None] = [None] * n_micro
         sums: dict[str, float] = {}
-        tokens = 0.0
+        tokens = diff_sum = 0.0
         self.engine.train()
         for epoch in range(self.cfg.learner.ppo_epochs):
             for k, (batch, weight) in enumerate(batches):
-                logp, logits = self._logprobs(self.engine, batch)
+                mask = batch["mask"] * weight
+                logp, logits = policy_logprobs(self.engine, batch["ids"], batch["attn"], temp)
                 if old[k] is None:
                     old[k] = logp.detach()
-                with torch.no_grad():
-                    ent = entropy_from_logits(logits.detach())
-                    ref_lp = self._logprobs(self.ref, batch)[0] if self.ref is not None else None
-                mask = batch["mask"]
                 is_w = None
                 if self.cfg.train.async_rollout:  # truncated IS weight: learner's old policy / behaviour policy
                     is_w = torch.exp(old[k] - batch["rollout_lp"]).clamp(max=self.cfg.train.is_clip) * mask
-                loss, stats = LOSSES[ac.loss](
-                    logp, old[k], batch["adv"], mask, ac, ref_logp=ref_lp, is_weight=is_w,
-                    entropy=ent if ac.entropy_coef > 0 else None, agg_constant=self.cfg.rollout.max_new_tokens,
-                )
-                ntok = float(mask.sum()) * weight
-                if ac.loss_agg == "token_mean" or ac.loss == "sft":  # exact global token mean
-                    loss = loss * (ntok * self.world / max(1.0, global_tokens))
-                else:
-                    loss = loss * weight / n_micro
+                loss, stats = microbatch_loss(
+                    logp, logits, mask, batch["adv"], old[k], ac, norm, self.world,
+                    ref_logp=ref_logprobs(self.ref, batch["ids"], batch["attn"], temp), is_weight=is_w)
                 if not self._all_finite(loss.detach()):
                     self.engine.zero_grad()
                     return {"skipped": 1.0, "learn_seconds": time.perf_counter() - t0}
                 ds.set_accumulation_boundary(self.engine, k == n_micro - 1)
                 self.engine.backward(loss, scale_wrt_gas=False)
                 self.engine.step()
+                ntok = float(mask.sum())
                 tokens += ntok
-                with torch.no_grad():
-                    stats["entropy"] = float((ent * mask).sum() / mask.sum().clamp(min=1))
-                    diff = ((logp.detach() - batch["rollout_lp"]).abs() * mask).sum().item() * weight
                 for key, v in stats.items():
                     sums[key] = sums.get(key, 0.0) + v * ntok
                 if epoch == 0:
-                    sums["logprob_diff_sum"] = sums.get("logprob_diff_sum", 0.0) + diff
-        out = {k: v / max(tokens, 1.0) for k, v in sums.items() if k != "logprob_diff_sum"}
-        out.update(tokens=tokens / self.cfg.learner.ppo_epochs, logprob_diff_sum=sums.get("logprob_diff_sum", 0.0),
-                   skipped=0.0, grad_norm=ds.grad_norm(self.engine), lr=self.engine.get_lr()[0],
+                    with torch.no_grad():
+                        diff_sum += float(((logp.detach() - batch["rollout_lp"]).abs() * mask).sum())
+        out = {k: v / max(tokens, 1.0) for k, v in sums.items()}
+        out.update(tokens=tokens / self.cfg.learner.ppo_epochs, logprob_diff_sum=diff_sum, skipped=0.0,
+                   grad_norm=ds.grad_norm(self.engine), lr=self.engine.get_lr()[0],
                    learn_seconds=time.perf_counter() - t0)
         return out
 

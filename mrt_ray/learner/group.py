@@ -6,6 +6,7 @@ import math
 import ray
 
 from mrt_ray.actors import Placement
+from mrt_ray.algos.losses import StepNorm
 from mrt_ray.config import Config
 from mrt_ray.learner.actor import Learner
 from mrt_ray.trajectory import Trajectory
@@ -51,7 +52,9 @@ class LearnerGroup:
         n = len(self.actors)
         shards = [trajs[r::n] for r in range(n)]  # round robin: sizes differ by at most one
         n_micro = max(1, math.ceil(max(len(s) for s in shards) / self.cfg.learner.micro_batch_size))
-        global_tokens = sum(t.length for t in trajs)
+        # the whole step's counts: every rank's micro-batches aggregate against them, so shards may be unequal
+        norm = StepNorm(tokens=float(sum(t.length for t in trajs)), seqs=float(sum(t.length > 0 for t in trajs)),
+                        max_tokens=self.cfg.rollout.max_new_tokens)
         payload = [
             {
                 "input_ids": [t.prompt_ids + t.completion.ids for t in s],
@@ -61,7 +64,7 @@ class LearnerGroup:
             }
             for s in shards
         ]
-        stats = self._gather([a.train_step.remote(p, n_micro, global_tokens) for a, p in zip(self.actors, payload)],
+        stats = self._gather([a.train_step.remote(p, n_micro, norm) for a, p in zip(self.actors, payload)],
                              "train_step", timeout=None)  # a long step is fine: its collectives time out
         if stats[0].get("skipped"):
             return {"skipped": 1.0, "learn_seconds": stats[0]["learn_seconds"]}
