@@ -1,6 +1,6 @@
 """The ceiling for the weight push: a raw gloo broadcast of the same tensors (same shapes and dtypes as the pushed
 state dict) between two freshly spawned processes, over the same kind of standalone group mrt-ray's push uses
-(`mrt_ray.learner.weight_group.create_group`), with no checksums, RPCs or engine reload."""
+(`mrt_ray.weight_sync.group.create_group`), with no checksums, RPCs or engine reload."""
 from __future__ import annotations
 
 import time
@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mrt_ray.learner.weight_group import create_group
+from mrt_ray.weight_sync.group import create_group
 from mrt_ray.utils import free_port
 
 

@@ -166,7 +166,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     base = [*WORKLOAD, "ray.num_cpus=4", *args.overrides]  # 4 logical CPUs: room for 4 rollout workers / MRT
     cfg = bench_config("vs-trl-grpo", base)
-    from mrt_ray.trainer import resolve_model
+    from mrt_ray.models import resolve_model
 
     model = resolve_model(cfg)
     base.append(f"model.path={model}")

@@ -7,6 +7,7 @@ import json
 import sys
 
 from mrt_ray.config import ConfigError, load_config, to_yaml
+from mrt_ray.validation import validate
 
 COMMANDS = {
     "train": "train a policy (GRPO/RLOO/Dr.GRPO, length penalty, MRT) on Ray",
@@ -49,6 +50,7 @@ def run(argv: list[str]) -> int:
     if args.command in ("sweep", "star"):  # the preset comes first, so the user's algo.* overrides still apply
         overrides = ["algo=length_penalty" if args.command == "sweep" else "algo=star", *overrides]
     cfg = load_config(args.config, overrides)
+    validate(cfg)
     if args.dry_run:
         print(to_yaml(cfg), end="")
         return 0

@@ -22,9 +22,9 @@ from typing import Callable, Sequence
 
 from mrt_ray.config import SegmentConfig
 
-# A paragraph separator: a newline, then one or more blank (empty or spaces/tabs only) lines. "\n\n", "\n\n\n" and
-# "\n  \n" are each one separator.
-_SEPARATOR = re.compile(r"\n(?:[ \t]*\n)+")
+# separator=blank_lines: a newline, then one or more blank (empty or spaces/tabs only) lines. "\n\n", "\n\n\n" and
+# "\n  \n" are each one separator. separator=double_newline (the reference's rule): exactly "\n\n".
+_BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,18 @@ def thinking_region(text: str, think_open: str = "<think>", think_close: str = "
     return start, (close_at if close_at >= 0 else len(text))
 
 
-def _paragraphs(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """(start, end) of each non-blank paragraph of text[start:end]; separators and blank pieces are left out."""
+def _paragraphs(text: str, start: int, end: int, separator: str) -> list[tuple[int, int]]:
+    """(start, end) of each paragraph of text[start:end].
+
+    double_newline: the pieces of a split on exactly "\n\n", empty ones included (they count as paragraphs, as in
+    the reference code); blank_lines: the non-blank pieces between runs of blank lines."""
     spans, pos = [], start
-    for m in _SEPARATOR.finditer(text, start, end):
+    if separator == "double_newline":
+        while (k := text.find("\n\n", pos, end)) >= 0:
+            spans.append((pos, k))
+            pos = k + 2
+        return spans + [(pos, end)]
+    for m in _BLANK_LINES.finditer(text, start, end):
         spans.append((pos, m.start()))
         pos = m.end()
     spans.append((pos, end))
@@ -55,12 +63,14 @@ def _paragraphs(text: str, start: int, end: int) -> list[tuple[int, int]]:
 def _check(cfg: SegmentConfig) -> None:
     if cfg.min_gap < 0:
         raise ValueError(f"segment.min_gap={cfg.min_gap} must be >= 0")
-    if cfg.max_episodes < 1:
-        raise ValueError(f"segment.max_episodes={cfg.max_episodes} must be >= 1")
+    if cfg.max_steps < 0:
+        raise ValueError(f"segment.max_steps={cfg.max_steps} must be >= 0")
     if cfg.group_size < 1:
         raise ValueError(f"segment.group_size={cfg.group_size} must be >= 1")
     if any(not m.strip() for m in cfg.markers):
         raise ValueError(f"segment.markers={cfg.markers!r} contains an empty marker")
+    if cfg.separator not in ("double_newline", "blank_lines"):
+        raise ValueError(f"segment.separator={cfg.separator!r} is not one of ['double_newline', 'blank_lines']")
 
 
 def segment(
@@ -68,25 +78,30 @@ def segment(
 ) -> list[Episode]:
     """Episodes of the thinking region of `text` (R1 rule; tiling contract in the module docstring).
 
-    Paragraphs are the non-blank pieces between blank-line separators. Paragraph p (p >= 1) whose stripped text
-    starts with one of `cfg.markers` (case-sensitive prefix match) opens a new episode unless p - b <= min_gap, b being
-    the paragraph index of the previous kept boundary (0 for the region start): every episode but the last has more
-    than min_gap paragraphs. Boundaries after the first max_episodes - 1 are dropped; then consecutive episodes are
-    merged in groups of group_size (the last group may be smaller). cfg None: SegmentConfig() defaults.
+    Paragraphs follow `cfg.separator` (see `_paragraphs`). Paragraph p (p >= 1) whose text starts with one of
+    `cfg.markers` (case-sensitive prefix match; with blank_lines after leading whitespace) opens a new episode unless
+    p - b <= min_gap, b being the paragraph index of the previous kept boundary (0 for the region start): every
+    episode but the last has more than min_gap paragraphs. At most `max_steps` boundaries are kept (later ones are
+    dropped), so a trace has at most max_steps + 1 episodes, as the reference's `max_steps`; then consecutive episodes
+    are merged in groups of group_size (the last group may be smaller). cfg None: SegmentConfig() defaults.
     """
     cfg = cfg if cfg is not None else SegmentConfig()
     _check(cfg)
     start, end = thinking_region(text, think_open, think_close)
     if start == end:
         return []
-    paras = _paragraphs(text, start, end)
+    paras = _paragraphs(text, start, end, cfg.separator)
     markers = tuple(cfg.markers)
+    strip = cfg.separator == "blank_lines"
     cuts = [start]  # offsets where episodes begin
     prev = 0
     for p in range(1, len(paras)):
-        if len(cuts) >= cfg.max_episodes:
+        if len(cuts) - 1 >= cfg.max_steps:
             break
-        if p - prev > cfg.min_gap and text[paras[p][0]:paras[p][1]].lstrip().startswith(markers):
+        para = text[paras[p][0]:paras[p][1]]
+        # a cut that would leave an empty episode (a trace that starts with "\n\n") is skipped
+        if p - prev > cfg.min_gap and (para.lstrip() if strip else para).startswith(markers) \
+                and paras[p - 1][1] > cuts[-1]:
             cuts.append(paras[p - 1][1])  # right after the previous paragraph: the separator opens the new episode
             prev = p
     cuts = cuts[:: cfg.group_size] + [end]

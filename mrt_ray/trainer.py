@@ -20,8 +20,8 @@ from mrt_ray.validation import uses_estimator
 from mrt_ray.eval.heldout import evaluate
 from mrt_ray.eval.metrics import token_stats
 from mrt_ray.learner.group import LearnerGroup
-from mrt_ray.learner.model import hf_model_dir, load_tokenizer
-from mrt_ray.learner.push import WeightSync
+from mrt_ray.models import load_tokenizer, resolve_model
+from mrt_ray.weight_sync.push import WeightSync
 from mrt_ray.progress.estimate import select_star
 from mrt_ray.progress.termination import termination_baseline_batch
 from mrt_ray.rewards import get_grader
@@ -33,19 +33,6 @@ from mrt_ray.tasks.source import PromptSource
 from mrt_ray.tracking import Tracker
 from mrt_ray.utils import new_run_dir
 from mrt_ray.trajectory import Trajectory
-
-
-def resolve_model(cfg: Config) -> str:
-    """The base policy's HF directory: model.path (a GGUF checkpoint converted on first use), or the embedded base
-    model (bootstrapped on first use)."""
-    if cfg.model.path:
-        return hf_model_dir(cfg.model.path, cfg.model)
-    if cfg.task.name != "embedded":
-        raise ValueError("model.path is empty: give an HF causal-LM directory (the embedded base model only knows "
-                         "the embedded task)")
-    from mrt_ray.bootstrap import bootstrap
-
-    return str(bootstrap(cfg))
 
 
 class Trainer:
@@ -165,7 +152,9 @@ class Trainer:
             drop = set(uniform_groups(groups))
             m["dropped_groups"] = len(drop)
             groups = [g for i, g in enumerate(groups) if i not in drop] or groups
-        assign_advantages(groups, cfg)
+        if cfg.algo.kl_in_reward > 0:  # the reference policy's log-probs, for the KL inside the reward
+            self.learners.ref_logprobs([t for g in groups for t in g])
+        assign_advantages(groups, cfg, progress_bonus=cfg.algo.name == "mrt" and cfg.algo.mrt.variant == "bonus")
         batch = [t for g in groups for t in g]
         if cfg.algo.name == "mrt" and cfg.algo.mrt.variant == "termination_baseline":
             decode = lambda ids: self.tok.decode(ids, skip_special_tokens=True)  # noqa: E731

@@ -20,6 +20,7 @@ class Trajectory:
     episode_cuts: list[int] = field(default_factory=list)  # token counts after which an answer is forced
     j_values: list[float] = field(default_factory=list)  # J(c_-1), J(c_0) .. J(c_k)
     progress: list[float] = field(default_factory=list)  # per episode
+    ref_logprobs: list[float] = field(default_factory=list)  # reference policy, per token (algo.kl_in_reward)
     advantages: list[float] = field(default_factory=list)  # per completion token
 
     @property

@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 
+from mrt_ray.algos.advantages import kl_reward_to_go
+from mrt_ray.algos.assign import assign_advantages
 from mrt_ray.algos import (
     ADVANTAGES,
     LOSSES,
@@ -94,13 +96,72 @@ def test_mrt_bonus_tokens_get_their_episode_progress():
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]])
     progress = [[0.2, -0.1], [0.3]]
     spans = [[(0, 2), (2, 4)], [(1, 3)]]
-    out = mrt_bonus_advantages(seq_adv, progress, spans, mask, coef=2.0)
+    out = mrt_bonus_advantages(token_advantages(seq_adv, mask), progress, spans, mask, coef=2.0)
     # row 0: episode 0 -> .5 + 2*.2, episode 1 -> .5 - 2*.1, token 4 (answer) -> .5, padding -> 0
     close(out, [[0.9, 0.9, 0.3, 0.3, 0.5, 0.0], [-1.0, -0.4, -0.4, -1.0, 0.0, 0.0]])
 
 
+def test_whiten_over_action_tokens_matches_the_reference_vector():
+    """Rewards (1, 0), lengths (1, 3), RLOO, whitened over the batch's action tokens (the Arora & Zanette recipe via
+    OpenRLHF): (1.732 | -0.577 x 3); whitening per sequence would give (1 | -1 x 3)."""
+    adv = ADVANTAGES["rloo"](torch.tensor([[1.0, 0.0]], dtype=torch.float64)).reshape(-1)  # (1, -1)
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    out = whiten(token_advantages(adv, mask), mask)
+    close(out, [[3 ** 0.5, 0.0, 0.0], [-(3 ** 0.5) / 3] * 3], atol=1e-6)
+    close(whiten(adv), [1.0, -1.0], atol=1e-6)
+
+
+def test_kl_reward_to_go_is_a_suffix_sum_of_k1():
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, 9.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-0.5, -2.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # k1 = logp - ref: row 0 (0.5, -1, 0) -> suffix sums (-0.5, -1, 0); row 1 (-0.5, 1, pad) -> (0.5, 1, 0)
+    close(kl_reward_to_go(logp, ref, mask, beta=0.1), [[0.05, 0.1, 0.0], [-0.05, -0.1, 0.0]])
+
+
+def test_assign_advantages_length_penalty_recipe():
+    """RLOO + k1 KL inside the reward + token whitening, end to end on trajectories."""
+    from mrt_ray.config import load_config
+
+    cfg = load_config(None, ["algo=length_penalty"])
+    assert cfg.algo.whiten and cfg.algo.loss_agg == "seq_mean" and cfg.algo.kl_in_reward == 0.001
+    trajs = _fake_group([1.0, 0.0], [1, 3])
+    for t in trajs:
+        t.ref_logprobs = [lp - 0.5 for lp in t.completion.logprobs]  # k1 = 0.5 per token
+    assign_advantages([trajs], cfg)
+    adv = torch.tensor([1.0, -1.0]) - 0.001 * torch.tensor([0.5, 1.5])  # first tokens' returns (suffix sums)
+    raw = [[adv[0].item()], [-1 - 0.001 * 1.5, -1 - 0.001 * 1.0, -1 - 0.001 * 0.5]]
+    flat = torch.tensor([x for r in raw for x in r], dtype=torch.float64)
+    z = (flat - flat.mean()) / flat.var(unbiased=False).sqrt()
+    got = [a for t in trajs for a in t.advantages]
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), z, atol=1e-6, rtol=0)
+
+
+def test_kl_in_reward_needs_reference_logprobs():
+    from mrt_ray.config import load_config
+
+    with pytest.raises(ValueError, match="reference log-probs"):
+        assign_advantages([_fake_group([1.0, 0.0], [1, 3])], load_config(None, ["algo=length_penalty"]))
+
+
+def _fake_group(rewards, lengths):
+    from mrt_ray.rollout.types import Completion
+    from mrt_ray.tasks import Problem
+    from mrt_ray.trajectory import Trajectory
+
+    out = []
+    for r, n in zip(rewards, lengths):
+        t = Trajectory(Problem("p", "q", "1"), [0], Completion(list(range(n)), [-1.0] * n, "", True), 0)
+        t.reward = r
+        out.append(t)
+    return out
+
+
 def test_mrt_bonus_rejects_bad_spans():
-    seq_adv, mask = torch.tensor([0.0]), torch.tensor([[1, 1, 1, 0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    seq_adv = torch.zeros(1, 4)
+    with pytest.raises(ValueError, match="do not match the mask"):
+        mrt_bonus_advantages(torch.zeros(1), [[0.1]], [[(0, 2)]], mask, 1.0)
     with pytest.raises(ValueError, match="row 0 has 2 progress values but 1 episode spans"):
         mrt_bonus_advantages(seq_adv, [[0.1, 0.2]], [[(0, 2)]], mask, 1.0)
     with pytest.raises(ValueError, match="overlaps"):

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from mrt_ray import cli
 from mrt_ray.config import CONF_DIR, GROUPS, Config, ConfigError, from_yaml_file, load_config, to_yaml
+from mrt_ray.validation import validate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,8 +110,9 @@ def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
 
 
 def _error(config_file: str | None, overrides: list[str]) -> str:
+    """The message the CLI prints: loading (per-key checks) then validate() (cross-key rules)."""
     with pytest.raises(ConfigError) as e:
-        load_config(config_file, overrides)
+        validate(load_config(config_file, overrides))
     return str(e.value)
 
 
@@ -166,6 +168,10 @@ def test_missing_config_file_and_bad_override_syntax(tmp_path: Path) -> None:
     (["learner.zero_stage=4"], "learner.zero_stage=4 is not one of [0, 1, 2, 3]"),
     (["algo.alpha=1.5"], "algo.alpha=1.5 must be in [0, 1)"),
     (["algo.alpha=-0.1"], "algo.alpha=-0.1 must be in [0, 1)"),
+    (["train.steps=-5"], "train.steps=-5 must be > 0"),
+    (["learner.betas=[0.9,1.5]"], "learner.betas[1]=1.5 must be in [0, 1)"),
+    (["algo.clip_eps_high=0.1"], "algo.clip_eps_high=0.1 must be >= algo.clip_eps=0.2"),
+    (["task.min_terms=7"], "task.min_terms=7 must be <= task.max_terms=6"),
     (["rollout.n_samples=1"], "algo.advantage=grpo needs rollout.n_samples >= 2"),
     (["algo=rloo", "rollout.n_samples=1"], "algo.advantage=rloo needs rollout.n_samples >= 2"),
     (["ray.num_cpus=1"], "the actors ask for 1.5 CPUs (rollout 1x0.5, learner 2x0.5) but ray.num_cpus=1"),
@@ -175,7 +181,7 @@ def test_missing_config_file_and_bad_override_syntax(tmp_path: Path) -> None:
     (["algo.reward=shorter"], "algo.reward='shorter' is not registered"),
     (["algo.loss=dpo"], "algo.loss='dpo' is not registered"),
     (["rollout.backend=sglang"], "rollout.backend='sglang' is not one of ['vllm', 'hf']"),
-    (["train.prompts_per_step=0"], "train.prompts_per_step=0 must be positive"),
+    (["train.prompts_per_step=0"], "train.prompts_per_step=0 must be > 0"),
     (["model.max_model_len=100"], "model.max_model_len=100 leaves no room for prompts"),
 ])
 def test_impossible_combinations_are_rejected(overrides: list[str], expect: str) -> None:
@@ -189,9 +195,60 @@ def test_cpu_budget_that_fits_is_accepted() -> None:
 
 
 def test_all_violations_are_reported_together() -> None:
-    msg = _error(None, ["learner.zero_stage=4", "algo.alpha=1.5", "task.name=file"])
-    assert msg.startswith("invalid configuration:")
-    assert "learner.zero_stage" in msg and "algo.alpha" in msg and "task.path" in msg
+    msg = _error(None, ["learner.zero_stage=4", "algo.alpha=1.5", "train.steps=0"])  # per-key, while loading
+    assert msg.startswith("invalid configuration:") and "\n" not in msg
+    assert "learner.zero_stage" in msg and "algo.alpha" in msg and "train.steps" in msg
+    msg = _error(None, ["task.name=file", "rollout.n_samples=1"])  # cross-key, in validate()
+    assert "task.path" in msg and "rollout.n_samples >= 2" in msg
+
+
+def _leaves(obj: Any, prefix: str = ""):
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, value
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def test_every_numeric_key_declares_its_range_or_choices() -> None:
+    for key, f, value in _leaves(Config()):
+        numeric = _is_number(value) or (isinstance(value, (list, dict)) and value
+                                         and all(map(_is_number, value.values() if isinstance(value, dict) else value)))
+        if numeric:
+            assert "range" in f.metadata or "choices" in f.metadata, f"{key} has no declared range"
+
+
+def _bad_values() -> list[tuple[str, str]]:
+    """One out-of-range or out-of-set value for every key that declares a range or choices."""
+    out = []
+    for key, f, value in _leaves(Config()):
+        if "choices" in f.metadata:
+            out.append((key, "99" if _is_number(value) else "no_such_choice"))
+        elif "range" in f.metadata:
+            lo, hi, lo_open, hi_open = f.metadata["range"]
+            bad = lo if lo_open else lo - 1
+            elem = f"{bad:g}" if not isinstance(value, (list, dict)) else None
+            if isinstance(value, list):
+                elem = f"[{bad:g}]"
+            elif isinstance(value, dict):
+                k = next(iter(value), "x")
+                key, elem = f"{key}.{k}", f"{bad:g}"
+            out.append((key, elem))
+            if hi is not None and not isinstance(value, (list, dict)):
+                out.append((key, f"{hi if hi_open else hi + 1:g}"))
+    return out
+
+
+@pytest.mark.parametrize(("key", "value"), _bad_values())
+def test_every_bad_value_is_one_line_naming_the_key(key: str, value: str) -> None:
+    msg = _error(None, [f"{key}={value}"])
+    assert "\n" not in msg and msg.startswith("invalid configuration: ")
+    assert key.rsplit(".", 1)[0] in msg
 
 
 def test_invalid_config_stops_train_before_anything_starts(monkeypatch, capsys) -> None:

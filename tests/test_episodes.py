@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from mrt_ray.config import SegmentConfig
 from mrt_ray.episodes import Episode, answer_cuts, segment, thinking_region, token_boundaries
-from mrt_ray.tasks.embedded import FORCE_TEXT, STYLES, make_problem, make_trace
+from mrt_ray.tasks.embedded import FORCE_TEXT, make_problem, make_trace
 
 EMBEDDED = SegmentConfig(min_gap=0)
+BLANK = SegmentConfig(min_gap=0, separator="blank_lines")
 
 # paragraphs: 0 A1, 1 A2, 2 "Wait, B1", 3 B2, 4 B3, 5 "Alternatively, C1", 6 "But wait, D1", 7 D2
 R1 = (
@@ -66,11 +67,28 @@ def test_min_gap(min_gap, cut_after):
     assert_tiles(R1, eps, *thinking_region(R1))
 
 
-def test_max_episodes_drops_later_boundaries():
-    eps = segment(R1, SegmentConfig(min_gap=0, max_episodes=2))
+def test_max_steps_counts_boundaries_as_the_reference():
+    """The reference's max_steps caps the boundaries: max_steps + 1 episodes (its 49 gives 50)."""
+    eps = segment(R1, SegmentConfig(min_gap=0, max_steps=1))
     assert starts(eps) == [after(R1, "<think>"), after(R1, "A2")]
     assert eps[1].end == R1.index("</think>")
-    assert len(segment(R1, SegmentConfig(min_gap=0, max_episodes=1))) == 1
+    assert len(segment(R1, SegmentConfig(min_gap=0, max_steps=2))) == 3
+    assert len(segment(R1, SegmentConfig(min_gap=0, max_steps=0))) == 1
+
+
+def test_double_newline_is_the_reference_split():
+    """separator=double_newline splits on exactly "\\n\\n": an empty piece counts as a paragraph, and a piece that
+    starts with whitespace never matches a marker (as the notebook's str.split + startswith)."""
+    ref = SegmentConfig(min_gap=0)
+    assert ref.separator == "double_newline"
+    # "a\n\n\nWait" -> pieces "a", "\nWait": no boundary; blank_lines sees one
+    assert len(segment("a\n\n\nWait, b", ref)) == 1
+    assert len(segment("a\n\n\nWait, b", SegmentConfig(min_gap=0, separator="blank_lines"))) == 2
+    # "a\n\n\n\nWait" -> "a", "", "Wait": the empty piece is paragraph 1, so min_gap=1 still cuts at paragraph 2
+    text = "a\n\n\n\nWait, b"
+    assert [e.text for e in segment(text, SegmentConfig(min_gap=1))] == ["a\n\n", "\n\nWait, b"]
+    assert len(segment(text, SegmentConfig(min_gap=1, separator="blank_lines"))) == 1
+    assert len(segment("a\n\n  Wait, b", ref)) == 1  # no strip before matching
 
 
 @pytest.mark.parametrize("group, cut_after", [(2, ["B3"]), (3, ["C1"]), (4, []), (1, ["A2", "B3", "C1"])])
@@ -82,12 +100,12 @@ def test_group_size(group, cut_after):
 
 def test_separator_goes_to_the_new_episode():
     text = "<think>a\nb\n\n\n\nWait, c\n \n\tWait, d</think>"
-    eps = segment(text, EMBEDDED)
+    eps = segment(text, BLANK)
     assert [e.text for e in eps] == ["a\nb", "\n\n\n\nWait, c", "\n \n\tWait, d"]
 
 
 def test_marker_rules():
-    cfg = EMBEDDED
+    cfg = BLANK
     assert len(segment("a\nWait, b", cfg)) == 1  # a single newline is not a paragraph break
     assert len(segment("a\n\nwait, b", cfg)) == 1  # case-sensitive
     assert len(segment("a\n\n  Wait, b", cfg)) == 2  # stripped text begins with the marker
@@ -119,7 +137,8 @@ def test_custom_tags():
 
 
 @pytest.mark.parametrize(
-    "field, value", [("min_gap", -1), ("max_episodes", 0), ("group_size", 0), ("markers", ["Wait", " "])]
+    "field, value",
+    [("min_gap", -1), ("max_steps", -1), ("group_size", 0), ("markers", ["Wait", " "]), ("separator", "tab")],
 )
 def test_bad_config(field, value):
     with pytest.raises(ValueError, match=field):
@@ -219,7 +238,8 @@ def traces(draw):
     head = draw(st.sampled_from(["", "Q?\n<think>", "Q?<think>\n"]))
     tail = draw(st.sampled_from(["", "</think>\nans", "\n</think>"]))
     cfg = SegmentConfig(
-        min_gap=draw(st.integers(0, 3)), max_episodes=draw(st.integers(1, 6)), group_size=draw(st.integers(1, 3))
+        min_gap=draw(st.integers(0, 3)), max_steps=draw(st.integers(0, 5)), group_size=draw(st.integers(1, 3)),
+        separator=draw(st.sampled_from(["double_newline", "blank_lines"])),
     )
     return head + body + tail, cfg
 
@@ -234,8 +254,12 @@ def test_property_tiling(case):
         assert eps == []
         return
     assert_tiles(text, eps, start, end)
-    assert 1 <= len(eps) <= cfg.max_episodes
-    assert all(e.text.lstrip().startswith(tuple(cfg.markers)) for e in eps[1:])
-    assert all(not e.text[-1].isspace() for e in eps[:-1])  # cut right after the last paragraph character
+    assert 1 <= len(eps) <= cfg.max_steps + 1
+    markers = tuple(cfg.markers)
+    if cfg.separator == "blank_lines":
+        assert all(e.text.lstrip().startswith(markers) for e in eps[1:])
+        assert all(not e.text[-1].isspace() for e in eps[:-1])  # cut right after the last paragraph character
+    else:  # each later episode is "\n\n" + a piece that starts with a marker
+        assert all(e.text.startswith("\n\n") and e.text[2:].startswith(markers) for e in eps[1:])
     ids = [ord(ch) for ch in text[start:]]
     assert token_boundaries(ids, [e.end for e in eps], char_decode, char_offset=start) == [e.end - start for e in eps]

@@ -80,7 +80,7 @@ def test_missing_model_dir_fails_before_ray(tmp_path):
 
 
 def test_a_training_run_dir_stands_for_its_latest_checkpoint(tmp_path):
-    from mrt_ray.eval.runner import resolve_model_path
+    from mrt_ray.models import resolve_model_path
 
     ckpt = tmp_path / "run" / "checkpoints" / "step_000007"
     (ckpt / "hf").mkdir(parents=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mrt_ray.config import ModelConfig
-from mrt_ray.learner.model import convert_gguf, hf_model_dir
+from mrt_ray.models import convert_gguf, hf_model_dir
 from mrt_ray.tasks.data import champ_to_jsonl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,7 +39,7 @@ def _answers_a_sum(path: Path) -> None:
     """The dequantized weights are the model's: greedy SmolLM2-135M-Instruct gets 7 + 5 right."""
     from transformers import AutoModelForCausalLM
 
-    from mrt_ray.learner.model import load_tokenizer
+    from mrt_ray.models import load_tokenizer
 
     tok = load_tokenizer(str(path), ModelConfig())
     model = AutoModelForCausalLM.from_pretrained(path)

@@ -194,7 +194,7 @@ def test_dead_learner_rank_is_a_clear_error(small_cfg, tiny_model):
     not a hang. Rank 1, not 0: its death first shows as a collective error on the live rank 0."""
     from mrt_ray.actors import Placement, stop
     from mrt_ray.learner.group import LearnerGroup
-    from mrt_ray.learner.model import load_tokenizer
+    from mrt_ray.models import load_tokenizer
 
     cfg = small_cfg("learner.collective_timeout_s=30")
     placement = Placement(cfg, with_estimators=False)
@@ -254,7 +254,7 @@ def test_prompt_longer_than_context_is_an_error_or_counted(tmp_path, tiny_model)
     """Task data: a prompt that leaves no room for max_new_tokens in the context (320 - 48 = 272 tokens) is an error
     naming file and line, or skipped and counted with task.on_bad_row=skip."""
     from mrt_ray.config import load_config
-    from mrt_ray.learner.model import load_tokenizer
+    from mrt_ray.models import load_tokenizer
     from mrt_ray.tasks.data import DataError
     from mrt_ray.tasks.source import PromptSource
 
@@ -280,7 +280,7 @@ def test_remote_code_is_not_run_by_default(tmp_path):
     from safetensors.torch import save_file
 
     from mrt_ray.config import load_config
-    from mrt_ray.learner.model import load_causal_lm, load_tokenizer
+    from mrt_ray.models import load_causal_lm, load_tokenizer
 
     mc = load_config(None, []).model
     assert mc.trust_remote_code is False
@@ -307,7 +307,7 @@ def test_pickled_weights_are_refused(tmp_path, tiny_model):
     import shutil
 
     from mrt_ray.config import ModelConfig
-    from mrt_ray.learner.model import load_causal_lm
+    from mrt_ray.models import load_causal_lm
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)

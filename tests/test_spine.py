@@ -73,7 +73,7 @@ def _learner_step(cfg, tiny_model, trajs):
 
 def test_zero_stages_agree(small_cfg, tiny_model):
     """ZeRO-1, 2 and 3 give the same loss, gradient norm and updated weights for the same data and seed."""
-    from mrt_ray.learner.model import load_tokenizer
+    from mrt_ray.models import load_tokenizer
 
     tok = load_tokenizer(tiny_model, small_cfg().model)
     trajs = _trajectories(tok)
@@ -89,7 +89,7 @@ def test_zero_stages_agree(small_cfg, tiny_model):
 
 def test_entropy_coefficient_changes_the_learner_step(small_cfg, tiny_model):
     """Through the real Learner (DeepSpeed): algo.entropy_coef > 0 changes the update (its bonus has a gradient)."""
-    from mrt_ray.learner.model import load_tokenizer
+    from mrt_ray.models import load_tokenizer
 
     tok = load_tokenizer(tiny_model, small_cfg().model)
     trajs = _trajectories(tok)
@@ -105,7 +105,7 @@ def test_entropy_coefficient_changes_the_learner_step(small_cfg, tiny_model):
 def test_unequal_shards_and_micro_batches_match_one_batch(small_cfg, tiny_model, agg):
     """3 sequences of different lengths on 2 ranks (2 + 1, one micro-batch each per sequence, so rank 1 runs an empty
     micro-batch) give exactly the gradient of one rank with one micro-batch, for every aggregation."""
-    from mrt_ray.learner.model import load_tokenizer
+    from mrt_ray.models import load_tokenizer
 
     tok = load_tokenizer(tiny_model, small_cfg().model)
     trajs = _trajectories(tok, n_groups=1, n=3)
@@ -125,8 +125,8 @@ def test_push_reaches_rollout_worker(small_cfg, tiny_model, backend):
 
     from mrt_ray.actors import Placement
     from mrt_ray.learner.group import LearnerGroup
-    from mrt_ray.learner.model import load_tokenizer
-    from mrt_ray.learner.push import WeightSync
+    from mrt_ray.models import load_tokenizer
+    from mrt_ray.weight_sync.push import WeightSync
     from mrt_ray.rollout.worker import RolloutWorker
 
     cfg = small_cfg("learner.lr=5e-2", "learner.zero_stage=3", f"rollout.backend={backend}")

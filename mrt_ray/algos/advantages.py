@@ -1,8 +1,9 @@
 """Advantage estimators: group baselines (GRPO, RLOO, Dr.GRPO), whitening, and MRT's dense progress advantages.
 
 An `AdvantageFn` maps the scalar rewards of G prompt groups of n samples each, `rewards: [G, n]`, to per-sample
-advantages `[G, n]`. `token_advantages` broadcasts them over the completion tokens; `mrt_bonus_advantages` adds
-MRT's per-episode progress bonus on top.
+advantages `[G, n]`. `token_advantages` broadcasts them over the completion tokens; `kl_reward_to_go` is the k1 KL
+penalty inside the reward as a per-token return; `whiten` normalises over the batch's action tokens;
+`mrt_bonus_advantages` adds MRT's per-episode progress bonus on top.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator", "algo.advant
 register_advantage = ADVANTAGES.register
 
 GRPO_EPS = 1e-6  # added to the group std in "grpo"
-WHITEN_EPS = 1e-8  # added to the variance in `whiten`
+WHITEN_EPS = 1e-8  # floor of the variance in `whiten`
 
 
 def _check_groups(rewards: Tensor, name: str, min_n: int) -> None:
@@ -61,10 +62,12 @@ def drgrpo(rewards: Tensor) -> Tensor:
 
 
 def whiten(adv: Tensor, mask: Tensor | None = None) -> Tensor:
-    """(adv - mean) / sqrt(var + 1e-8) over the whole batch (`algo.whiten`), the mean shift included.
+    """(adv - mean) / sqrt(max(var, 1e-8)) over the whole batch (`algo.whiten`), the mean shift included.
 
     Mean and (population) variance are taken over the entries where `mask` is 1 (all entries when `mask` is None);
-    masked-out entries come back as 0. Works on sequence advantages `[B]` or token advantages `[B, T]`.
+    masked-out entries come back as 0. On token advantages `[B, T]` with the completion mask this is the Arora &
+    Zanette recipe's whitening (OpenRLHF's, over all action tokens of the batch: a long sample weighs by its tokens);
+    on sequence advantages `[B]` it whitens per sample.
     """
     m = torch.ones_like(adv, dtype=torch.bool) if mask is None else _bool_mask(mask, adv.shape, "whiten")
     count = m.sum()
@@ -73,7 +76,18 @@ def whiten(adv: Tensor, mask: Tensor | None = None) -> Tensor:
     vals = torch.where(m, adv, torch.zeros_like(adv))
     mean = vals.sum() / count
     var = torch.where(m, (adv - mean) ** 2, torch.zeros_like(adv)).sum() / count
-    return torch.where(m, (adv - mean) * torch.rsqrt(var + WHITEN_EPS), torch.zeros_like(adv))
+    return torch.where(m, (adv - mean) * torch.rsqrt(var.clamp(min=WHITEN_EPS)), torch.zeros_like(adv))
+
+
+def kl_reward_to_go(behaviour_logp: Tensor, ref_logp: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """The k1 KL penalty inside the reward, as a return: -beta * sum_{t' >= t} (logp_t' - ref_t') per token. `[B, T]`.
+
+    Arora & Zanette (OpenRLHF's `compute_reward` + cumulative returns, gamma 1): per-token reward -beta * k1_t with
+    k1_t = log pi_old(a_t) - log pi_ref(a_t), summed from t to the end of the sample; 0 on padding."""
+    m = _bool_mask(mask, behaviour_logp.shape, "kl_reward_to_go")
+    k1 = torch.where(m, behaviour_logp - ref_logp, torch.zeros_like(behaviour_logp))  # [B, T]
+    rtg = torch.flip(torch.cumsum(torch.flip(k1, dims=[1]), dim=1), dims=[1])  # [B, T] suffix sums
+    return torch.where(m, -beta * rtg, torch.zeros_like(rtg))
 
 
 def token_advantages(seq_adv: Tensor, mask: Tensor) -> Tensor:
@@ -86,31 +100,34 @@ def token_advantages(seq_adv: Tensor, mask: Tensor) -> Tensor:
 
 
 def mrt_bonus_advantages(
-    seq_adv: Tensor,
+    base: Tensor,
     progress: list[list[float]],
     episode_token_spans: list[list[tuple[int, int]]],
     mask: Tensor,
     coef: float,
 ) -> Tensor:
-    """MRT's dense advantages (bonus form): outcome advantage + coef * progress of the token's episode. `[B, T]`.
+    """MRT's dense advantages (bonus form): the outcome advantage of each token `base: [B, T]` + coef * progress of
+    the token's episode. `[B, T]`.
 
     Row b has episodes j with progress `progress[b][j]` = J(c_j) - J(c_{j-1}) covering completion tokens
-    `episode_token_spans[b][j]` = [start, end). Tokens outside every episode (e.g. the final answer) get only
-    `seq_adv[b]`; padding (`mask` 0) gets 0.
+    `episode_token_spans[b][j]` = [start, end). Tokens outside every episode (e.g. the final answer) keep `base`;
+    padding (`mask` 0) gets 0.
 
     The progress is used as given, NOT centred per prompt group: in l_MRT = l_FT + alpha * E[sum_j r_prg(z_j; c_{j-1})]
     each r_prg is already an advantage of episode z_j under the meta-prover mu, with the value of its own prefix
     J(c_{j-1}) as the baseline. Centring it again over the group would subtract a baseline that depends on the other
     samples' episodes and change the objective. `coef` is alpha (`algo.mrt.progress_coef`).
     """
-    out = token_advantages(seq_adv, mask)  # [B, T]
     B, T = mask.shape
+    m = _bool_mask(mask, (B, T), "mrt_bonus_advantages")
+    if tuple(base.shape) != (B, T):
+        raise ValueError(f"mrt_bonus_advantages: base advantages {tuple(base.shape)} do not match the mask {(B, T)}")
+    out = torch.where(m, base, torch.zeros_like(base))  # [B, T]
     if len(progress) != B or len(episode_token_spans) != B:
         raise ValueError(
             f"mrt_bonus_advantages: batch has {B} rows but progress has {len(progress)} and "
             f"episode_token_spans {len(episode_token_spans)}"
         )
-    m = _bool_mask(mask, (B, T), "mrt_bonus_advantages")
     bonus = torch.zeros(B, T, dtype=out.dtype, device=out.device)  # [B, T]
     for b, (prg, spans) in enumerate(zip(progress, episode_token_spans)):
         if len(prg) != len(spans):

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mrt_ray import checkpoint
 from mrt_ray.actors import Placement, init_ray, stop
-from mrt_ray.config import Config, ConfigError, ModelConfig, to_yaml
+from mrt_ray.config import Config, ConfigError, to_yaml
 from mrt_ray.eval import plots
 from mrt_ray.eval.forcing import BudgetPlan, extend_prompt, force_answer_prompt
 from mrt_ray.eval.heldout import sample_stats
@@ -39,7 +38,7 @@ from mrt_ray.eval.metrics import (accuracy_per_1k_tokens, maj_at_k, majority_at_
                                   token_stats, tokens_to_reach)
 from mrt_ray.eval.plan import budget_thinking, episode_curve, equal_token_pairs, natural_thinking
 from mrt_ray.eval.regret import regret_curve
-from mrt_ray.learner.model import hf_model_dir, load_tokenizer
+from mrt_ray.models import load_tokenizer, resolve_model, resolve_model_path
 from mrt_ray.progress.pool import Estimator, segment_trajectory
 from mrt_ray.rewards import extract_answer, get_grader
 from mrt_ray.rollout.pool import RolloutPool, request_seed
@@ -52,13 +51,6 @@ from mrt_ray.trajectory import Trajectory
 from mrt_ray.utils import new_run_dir
 
 STAGES = ("sampled", "greedy", "budget forcing", "episodes")
-
-
-def resolve_model_path(path: str, mc: ModelConfig) -> str:
-    """A training run directory (with checkpoints/latest) stands for its latest checkpoint's HF policy; a .gguf file
-    for its safetensors conversion (`hf_model_dir`)."""
-    ckpt = checkpoint.latest(Path(path)) if (Path(path) / "checkpoints" / "latest").is_file() else None
-    return str(ckpt / "hf") if ckpt is not None else hf_model_dir(path, mc)
 
 
 def _finite(x: float) -> float:
@@ -93,8 +85,6 @@ class EvalRunner:
                     raise FileNotFoundError(f"model={label}: {path} is not a directory (an HF causal-LM directory or "
                                             f"a training run directory is expected)")
         else:
-            from mrt_ray.trainer import resolve_model
-
             self.models = [(cfg.model.path or "base", resolve_model(cfg))]
         self.dir = new_run_dir(cfg.run.dir, "eval", "eval.json", "choose another run.dir")
         cfg.run.dir = str(self.dir)

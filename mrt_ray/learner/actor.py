@@ -20,9 +20,9 @@ from mrt_ray.algos.logprobs import gather_logprobs
 from mrt_ray.algos.losses import StepNorm
 from mrt_ray.config import Config
 from mrt_ray.learner import ds
-from mrt_ray.learner.model import load_causal_lm, load_tokenizer
+from mrt_ray.models import load_causal_lm, load_tokenizer
 from mrt_ray.learner.objective import microbatch_loss, policy_logprobs, ref_logprobs
-from mrt_ray.learner.weight_group import create_group, send_tensors
+from mrt_ray.weight_sync.group import create_group, send_tensors
 
 
 def collate(shard: dict, pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -57,7 +57,7 @@ class Learner:
         if cfg.learner.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.ref = None
-        if cfg.algo.kl_coef > 0:  # frozen reference: the initial policy
+        if cfg.algo.kl_coef > 0 or cfg.algo.kl_in_reward > 0:  # frozen reference: the initial policy
             self.ref = load_causal_lm(model_path, cfg.model).to(self.device).eval().requires_grad_(False)
         self.engine = ds.initialize(model, cfg, cfg.learner.micro_batch_size)
         self.zero3 = cfg.learner.zero_stage == 3
@@ -123,6 +123,23 @@ class Learner:
         out.update(tokens=tokens / self.cfg.learner.ppo_epochs, logprob_diff_sum=diff_sum, skipped=0.0,
                    grad_norm=ds.grad_norm(self.engine), lr=self.engine.get_lr()[0],
                    learn_seconds=time.perf_counter() - t0)
+        return out
+
+    @torch.no_grad()
+    def ref_logprobs(self, shard: dict, n_micro: int) -> list[list[float]]:
+        """The frozen reference policy's log-prob of every completion token of the shard's sequences, in shard order
+        (for algo.kl_in_reward). Runs on every rank; under ZeRO the reference is a plain replicated module."""
+        n = len(shard["input_ids"])
+        out: list[list[float]] = [[] for _ in range(n)]
+        size = math.ceil(n / max(1, n_micro))
+        for i in range(0, n, size):
+            idx = list(range(i, min(n, i + size)))
+            sub = {key: [v[j] for j in idx] for key, v in shard.items()}
+            batch = collate(sub, self.tok.pad_token_id, self.device)
+            lp = ref_logprobs(self.ref, batch["ids"], batch["attn"], self.cfg.rollout.temperature)  # [b, T-1]
+            for row, j in enumerate(idx):
+                p, c = shard["prompt_lens"][j], len(shard["input_ids"][j]) - shard["prompt_lens"][j]
+                out[j] = lp[row, p - 1:p - 1 + c].tolist()
         return out
 
     # ------------------------------------------------------------------ weights

@@ -47,6 +47,26 @@ class LearnerGroup:
                                f"The run can be resumed from its last checkpoint with resume=<run dir>.") from err
         return out
 
+    @staticmethod
+    def _payload(shard: list[Trajectory]) -> dict:
+        return {
+            "input_ids": [t.prompt_ids + t.completion.ids for t in shard],
+            "prompt_lens": [len(t.prompt_ids) for t in shard],
+            "advantages": [t.advantages or [0.0] * t.length for t in shard],
+            "rollout_logprobs": [t.completion.logprobs for t in shard],
+        }
+
+    def ref_logprobs(self, trajs: list[Trajectory]) -> None:
+        """Fills every trajectory's `ref_logprobs` from the learners' frozen reference policy (algo.kl_in_reward)."""
+        n = len(self.actors)
+        shards = [trajs[r::n] for r in range(n)]
+        n_micro = max(1, math.ceil(max(len(s) for s in shards) / self.cfg.learner.micro_batch_size))
+        outs = self._gather([a.ref_logprobs.remote(self._payload(s), n_micro) for a, s in zip(self.actors, shards)],
+                            "ref_logprobs", timeout=None)
+        for shard, lps in zip(shards, outs):
+            for t, lp in zip(shard, lps):
+                t.ref_logprobs = lp
+
     def train(self, trajs: list[Trajectory]) -> dict:
         """One optimizer step over all trajectories. Returns token-weighted means of the ranks' statistics."""
         n = len(self.actors)
@@ -55,15 +75,7 @@ class LearnerGroup:
         # the whole step's counts: every rank's micro-batches aggregate against them, so shards may be unequal
         norm = StepNorm(tokens=float(sum(t.length for t in trajs)), seqs=float(sum(t.length > 0 for t in trajs)),
                         max_tokens=self.cfg.rollout.max_new_tokens)
-        payload = [
-            {
-                "input_ids": [t.prompt_ids + t.completion.ids for t in s],
-                "prompt_lens": [len(t.prompt_ids) for t in s],
-                "advantages": [t.advantages for t in s],
-                "rollout_logprobs": [t.completion.logprobs for t in s],
-            }
-            for s in shards
-        ]
+        payload = [self._payload(s) for s in shards]
         stats = self._gather([a.train_step.remote(p, n_micro, norm) for a, p in zip(self.actors, payload)],
                              "train_step", timeout=None)  # a long step is fine: its collectives time out
         if stats[0].get("skipped"):

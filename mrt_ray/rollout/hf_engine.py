@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 
 from mrt_ray.config import Config
-from mrt_ray.learner.weight_group import TensorMeta, create_group, receive_tensors
+from mrt_ray.weight_sync.group import TensorMeta, create_group, receive_tensors
 from mrt_ray.rollout.types import Completion, Request
 
 
 class HFEngine:
     def __init__(self, model_path: str, cfg: Config, seed: int):
-        from mrt_ray.learner.model import load_causal_lm, load_tokenizer
+        from mrt_ray.models import load_causal_lm, load_tokenizer
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_causal_lm(model_path, cfg.model).to(self.device).eval()

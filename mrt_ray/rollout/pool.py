@@ -21,7 +21,7 @@ from mrt_ray.tasks import Problem
 from mrt_ray.trajectory import Trajectory
 
 if TYPE_CHECKING:
-    from mrt_ray.learner.push import WeightSync
+    from mrt_ray.weight_sync.push import WeightSync
 
 
 def request_seed(*parts) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from mrt_ray.learner.weight_group import TensorMeta, create_group, receive_tensors
+from mrt_ray.weight_sync.group import TensorMeta, create_group, receive_tensors
 
 
 class _RotaryReloadFilter(logging.Filter):

@@ -1,6 +1,7 @@
-"""Loading HF causal LMs and tokenizers safely: safetensors only (no pickle), remote code only when asked. A GGUF
-checkpoint is converted once into such a directory (`hf_model_dir`), so every consumer - learners, vLLM and HF
-rollout workers, evaluation - reads the same safetensors files."""
+"""Models: which HF directory a config or an eval argument names (`resolve_model`, `resolve_model_path`), and loading
+HF causal LMs and tokenizers safely: safetensors only (no pickle), remote code only when asked. A GGUF checkpoint is
+converted once into such a directory (`hf_model_dir`), so every consumer - learners, vLLM and HF rollout workers,
+evaluation - reads the same safetensors files."""
 from __future__ import annotations
 
 import fcntl
@@ -11,8 +12,30 @@ from pathlib import Path
 
 import torch
 
-from mrt_ray.config import ModelConfig
+from mrt_ray.config import Config, ModelConfig
 from mrt_ray.utils import atomic_dir
+
+
+def resolve_model(cfg: Config) -> str:
+    """The base policy's HF directory: model.path (a GGUF checkpoint converted on first use), or the embedded base
+    model (bootstrapped on first use)."""
+    if cfg.model.path:
+        return hf_model_dir(cfg.model.path, cfg.model)
+    if cfg.task.name != "embedded":
+        raise ValueError(f"model.path is empty: task.name={cfg.task.name} needs a model; give model.path=<HF "
+                         f"causal-LM directory or .gguf file> (the embedded base model only knows the embedded task)")
+    from mrt_ray.bootstrap import bootstrap  # late: bootstrap trains with torch only when the cache is cold
+
+    return str(bootstrap(cfg))
+
+
+def resolve_model_path(path: str, mc: ModelConfig) -> str:
+    """A training run directory (with checkpoints/latest) stands for its latest checkpoint's HF policy; a .gguf file
+    for its safetensors conversion (`hf_model_dir`)."""
+    from mrt_ray import checkpoint
+
+    ckpt = checkpoint.latest(Path(path)) if (Path(path) / "checkpoints" / "latest").is_file() else None
+    return str(ckpt / "hf") if ckpt is not None else hf_model_dir(path, mc)
 
 
 def _check_dir(path: str) -> Path:

