@@ -6,10 +6,10 @@ serves the MRT estimator pool (forced answers are just short generations from pr
 from __future__ import annotations
 
 import os
-import time
 
 from mrt_ray.config import Config
 from mrt_ray.rollout.types import Completion, Request
+from mrt_ray.utils import timed
 
 
 def make_engine(model_path: str, cfg: Config, seed: int):
@@ -39,10 +39,11 @@ class RolloutWorker:
         return {"index": self.index, "pid": os.getpid(), "version": self.version, "group_size": self.engine.group_size}
 
     def generate(self, requests: list[Request]) -> tuple[list[list[Completion]], dict]:
-        t = time.perf_counter()
-        out = self.engine.generate(requests, self.version)
-        tokens = sum(len(c.ids) for g in out for c in g)
-        return out, {"seconds": time.perf_counter() - t, "tokens": tokens}
+        stats: dict = {}
+        with timed(stats, "seconds"):
+            out = self.engine.generate(requests, self.version)
+        stats["tokens"] = sum(len(c.ids) for g in out for c in g)
+        return out, stats
 
     def prompt_logprobs(self, ids: list[int]) -> list[float]:
         return self.engine.prompt_logprobs(ids)
@@ -54,6 +55,3 @@ class RolloutWorker:
         sums = self.engine.receive_weights()
         self.version = version
         return sums
-
-    def set_version(self, version: int) -> None:
-        self.version = version
