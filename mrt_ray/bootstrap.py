@@ -70,7 +70,7 @@ def cache_key(cfg: Config) -> str:
         "task": {k: getattr(cfg.task, k) for k in ("min_terms", "max_terms", "max_operand", "max_value")},
         "seed": cfg.seed,
         "max_model_len": cfg.model.max_model_len,
-        "format": 5,  # 2: byte-level char tokenizer; 3: difficulty-dependent mix; 5: concise attempt, stepwise redo
+        "format": 7,  # 2: byte-level char tokenizer; 3: difficulty-dependent mix; 7: estimate, then compute
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 

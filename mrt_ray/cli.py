@@ -20,7 +20,7 @@ COMMANDS = {
     "star": "MRT-STaR (algo=star): sample, estimate J after every episode, fine-tune on the correct traces that make "
             "the most progress",
     "grid": "train every method of grid.methods with every seed of grid.seeds, evaluate each seed's base policy and "
-            "checkpoints, and write the seed statistics (mean +- 95% CI, paired differences against grid.baseline)",
+            "checkpoints, and write the seed statistics (mean +- 95%% CI, paired differences against grid.baseline)",
 }
 
 

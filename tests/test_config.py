@@ -97,7 +97,7 @@ def test_loading_order_file_then_presets_then_dotlist(tmp_path: Path) -> None:
 
 def test_free_form_dict_key_can_be_overridden() -> None:
     cfg = load_config(None, ["bootstrap.style_weights_easy.verbose=0.5"])
-    assert cfg.bootstrap.style_weights_easy == {"concise": 0.1, "stepwise": 0.1, "confirm": 0.8, "repair": 0.0,
+    assert cfg.bootstrap.style_weights_easy == {"concise": 0.1, "stepwise": 0.1, "confirm": 0.8, "estimate": 0.0,
                                                 "verbose": 0.5}
 
 
@@ -327,3 +327,11 @@ def test_field_comments_parser() -> None:
         ("A", "y"): ("a group", "after a string holding '#'"),
         ("A", "w"): ("two lines", ""),
     }
+
+
+@pytest.mark.parametrize("argv", [["--help"], *[[cmd, "--help"] for cmd in ("train", "eval", "sweep", "star", "grid")]])
+def test_help_prints_for_every_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.run(argv)
+    assert exc.value.code == 0
+    assert "usage:" in capsys.readouterr().out

@@ -288,3 +288,20 @@ def test_tokenizer_reloads_identically_beside_a_qwen2_config(tmp_path):
             ids = built(text, add_special_tokens=False)["input_ids"]
             assert loaded(text, add_special_tokens=False)["input_ids"] == ids
             assert len(ids) == len(text) and loaded.decode(ids) == text
+
+
+def test_estimate_then_compute_makes_progress_without_a_wrong_equation() -> None:
+    rng = random.Random(6)
+    guesses_right = 0
+    probs = [p for p in _problems() if p.meta["num_terms"] >= 2]
+    for p in probs:
+        trace = make_trace(p, "estimate", rng)
+        first, second = trace[: trace.index(FORCE_TEXT)].split("\n\n")
+        guess = int(first.rsplit(" is about ", 1)[1])
+        assert abs(guess - int(p.answer)) <= 1 and second.startswith("Wait, let me compute it exactly.")
+        guesses_right += guess == int(p.answer)
+        # every equation in the trace is right: the estimate is not an equation
+        for line in second.splitlines()[1:]:
+            lhs, rhs = line.split("=")
+            assert sum(int(t) for t in re.findall(r"[+-]?\d+", lhs)) == int(rhs)
+    assert 0.35 < guesses_right / len(probs) < 0.65  # the forced answer after the estimate is right about half the time

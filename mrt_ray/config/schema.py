@@ -95,12 +95,12 @@ class BootstrapConfig:
     lr: float = pos(5e-3)
     warmup: int = nonneg(50)
     threads: int = pos(2)
-    # trace-style mix (concise, stepwise, confirm, verbose, repair, recheck; weights need not sum to 1), linear in
-    # difficulty
+    # trace-style mix (concise, stepwise, confirm, verbose, repair, recheck, estimate; weights need not sum to 1),
+    # linear in difficulty
     style_weights_easy: dict[str, float] = nonneg(
-        {"concise": 0.1, "stepwise": 0.1, "confirm": 0.8, "repair": 0.0, "recheck": 0.0})  # at task.min_terms
+        {"concise": 0.1, "stepwise": 0.1, "confirm": 0.8, "estimate": 0.0})  # at task.min_terms
     style_weights_hard: dict[str, float] = nonneg(
-        {"concise": 0.05, "stepwise": 0.25, "confirm": 0.2, "repair": 0.25, "recheck": 0.25})  # at task.max_terms
+        {"concise": 0.1, "stepwise": 0.3, "confirm": 0.2, "estimate": 0.4})  # at task.max_terms
     cache_dir: str = "runs/base"  # the model is cached at <cache_dir>/<config hash>
 
 

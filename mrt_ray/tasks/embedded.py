@@ -26,10 +26,15 @@ training trace, so the meta-prover is in-distribution. Trace styles:
   verbose  - stepwise, then 1-2 re-check episodes that RECOMPUTE the chain (the first testbed's redundancy; a
              recomputation sampled at temperature 1 can turn a right answer wrong, so GRPO alone removes it)
   repair   - a concise attempt (two operations per line, the error-prone format) with one wrong step, then a "Wait"
-             episode that redoes the chain step by step (one operation per line) and gets it right: real progress
-  recheck  - a concise attempt, then "Wait, let me redo it step by step." and the stepwise chain: on the training
-             trace no progress, but when sampled the stepwise redo is the more reliable of the two, so on hard
-             problems it fixes more attempts than it breaks (the useful later thinking of R1-style models)
+             episode that redoes the chain step by step (one operation per line) and gets it right. Weight 0 by
+             default: outcome RL rewards the whole trace, the deliberate slip included, and amplified slips until
+             the policy's arithmetic broke (docs/results.md); natural slips are repaired by `recheck`
+  recheck  - a concise attempt, then "Wait, let me redo it step by step." and the stepwise chain (the base policy
+             learns to copy the attempt's value into the redo: no progress)
+  estimate - a rough estimate ("3+5-2 is about 5", off by one half the time), then "Wait, let me compute it
+             exactly." and the stepwise chain: the later episode holds real progress (the forced answer after the
+             estimate is right about half the time, after the computation as often as the arithmetic is right), and
+             no equation in the data is wrong, so outcome RL has no slip to amplify (the hard problems' default)
 Difficulty is the number of terms, recorded per problem (`meta["difficulty"]`); the bootstrap's style mix depends on
 it (`bootstrap.style_weights_easy` at task.min_terms, `style_weights_hard` at task.max_terms, linear in between).
 """
@@ -44,11 +49,12 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 ANSWER_MARK = "#### "
 FORCE_TEXT = f"\n{THINK_CLOSE}\n{ANSWER_MARK}"
-STYLES = ("concise", "stepwise", "confirm", "verbose", "repair", "recheck")
+STYLES = ("concise", "stepwise", "confirm", "verbose", "repair", "recheck", "estimate")
 CHECK_LINES = ("Wait, let me check.", "Wait, check again.")
 CONFIRM_LINES = ("Wait, check: {expr}={ans}", "But wait, {expr}={ans}", "Wait, again: {expr}={ans}")
 REPAIR_LINE = "Wait, that step looks wrong."
 RECHECK_LINE = "Wait, let me redo it step by step."
+EXACT_LINE = "Wait, let me compute it exactly."
 
 
 def _rng(seed: int, stream: str, index: int) -> random.Random:
@@ -118,6 +124,11 @@ def make_trace(problem: Problem, style: str, rng: random.Random) -> str:
         bad, _ = _steps(terms, ops, per_line=2, wrong_at=rng.randrange(max(1, (len(ops) + 1) // 2)))
         lines, ans = _steps(terms, ops, per_line=1)
         episodes = ["\n".join(bad), f"{REPAIR_LINE}\n" + "\n".join(lines)]
+    elif style == "estimate":
+        value = int(problem.answer)
+        guess = value + rng.choice((0, 0, 1, -1)) if value > 0 else value + rng.choice((0, 1))
+        lines, ans = _steps(terms, ops, per_line=1)
+        episodes = [f"{problem.meta['expr']} is about {guess}", f"{EXACT_LINE}\n" + "\n".join(lines)]
     elif style == "recheck":
         first, _ = _steps(terms, ops, per_line=2)
         lines, ans = _steps(terms, ops, per_line=1)
