@@ -92,7 +92,8 @@ class RolloutPool:
             if self.sync is None or self.sync.version is None:
                 raise RuntimeError(f"{name} was lost ({cause}) and this pool has no pushed weights to re-arm a "
                                    f"restarted worker with")
-            info = wait_ready(self.workers[chunk.worker], name, self.sync.timeout_s)
+            info = wait_ready(self.workers[chunk.worker], name, self.sync.startup_timeout_s,
+                              "rollout.startup_timeout_s")
             print(f"mrt-ray: {name} lost ({cause}); restarted as pid {info['pid']}; pushing policy version "
                   f"{self.sync.version} and re-running its {len(chunk.requests)} requests", flush=True)
             self.sync.push(self.sync.version)  # finds the new process, rebuilds the weight group, verifies

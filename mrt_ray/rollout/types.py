@@ -31,6 +31,11 @@ class Completion:
     meta: dict = field(default_factory=dict)
 
 
+class EngineDead(RuntimeError):
+    """The inference engine can never answer again (vLLM's engine-core process died): the worker process must end,
+    so that Ray restarts it with a fresh engine."""
+
+
 @dataclass
 class CollectedRollout:
     """Completions already sampled, in the place of a pending submission's futures: [prompt][sample], stats."""
