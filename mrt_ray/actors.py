@@ -69,6 +69,19 @@ def bundles(cfg: Config, with_estimators: bool) -> dict[str, list[dict]]:
     return out
 
 
+def shares_gpus(roles: dict[str, list[dict]]) -> bool:
+    """Whether Ray may put two of these bundles' actors on one GPU (a fractional GPU share)."""
+    return any(0 < b.get("GPU", 0) < 1 for bs in roles.values() for b in bs)
+
+
+def weight_backend(roles: dict[str, list[dict]]) -> str:
+    """The weight group's backend for these bundles: NCCL when the learners are on GPUs and no two actors share one
+    (NCCL refuses two ranks of one communicator on one GPU: "Duplicate GPU detected"), else gloo (on GPU: staged
+    through host memory, as torch's gloo broadcast does for CUDA tensors)."""
+    on_gpu = bool(roles.get("learner")) and all(b.get("GPU", 0) for b in roles["learner"])
+    return "nccl" if on_gpu and not shares_gpus(roles) else "gloo"
+
+
 class Placement:
     """One placement group holding every actor's bundle; `strategy(role, i)` schedules an actor onto its bundle.
 
@@ -100,14 +113,6 @@ class Placement:
                 f"could not reserve {flat}{where} within ray.placement_timeout_s={cfg.ray.placement_timeout_s}s; the "
                 f"cluster has {total}. Lower the actors' num_cpus/num_gpus or add nodes."
             )
-
-    def weight_backend(self) -> str:
-        """The weight group's backend: NCCL when the learners are on GPUs and no two actors share one (NCCL refuses
-        two ranks of one communicator on one GPU, "Duplicate GPU detected"), else gloo (on GPU: staged through host
-        memory, which torch's gloo broadcast does for CUDA tensors)."""
-        gpus = [b.get("GPU", 0) for bs in self.roles.values() for b in bs]
-        on_gpu = bool(self.roles.get("learner")) and all(b.get("GPU", 0) for b in self.roles["learner"])
-        return "nccl" if on_gpu and all(g >= 1 for g in gpus) else "gloo"
 
     def strategy(self, role: str, i: int) -> PlacementGroupSchedulingStrategy:
         return PlacementGroupSchedulingStrategy(placement_group=self.pg,

