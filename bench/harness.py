@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mrt_ray.config import Config, load_config
+from mrt_ray.rollout.pool import collect_rollout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,13 +71,14 @@ class MrtSession:
         """Run k training steps; returns their rows as logged in metrics.jsonl."""
         first = self.next_step
         for _ in range(k):
-            m = self.trainer.step(self.next_step, self.trainer.next_pending)  # async mode: prefetched rollout
-            self.trainer.tracker.log(self.next_step, m)
+            result = self.trainer.step(self.next_step, self.trainer.next_pending)  # async mode: prefetched rollout
+            self.trainer.next_pending = result.next_pending
+            self.trainer.tracker.log(self.next_step, result.metrics)
             self.next_step += 1
         if self.trainer.next_pending is not None:
             # async mode: the prefetched rollout would run while the other system's block is timed; drain and drop
             # it (untimed), so the next block's first step generates in full and the later ones overlap as in a run
-            self.trainer.pool.collect_rollout(self.trainer.next_pending)
+            collect_rollout(self.trainer.pool, self.trainer.next_pending)
             self.trainer.next_pending = None
         return [r for r in read_metrics(self.metrics_path) if first <= r["step"] < self.next_step]
 
@@ -85,8 +87,7 @@ class MrtSession:
         from mrt_ray.actors import stop
 
         t = self.trainer
-        actors = t.learners.actors + t.workers + (t.estimator.workers if t.estimator is not None else [])
-        stop(actors)
+        stop(t.actors)
         t.placement.remove()
         t.tracker.close()
 

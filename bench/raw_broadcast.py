@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mrt_ray.weight_sync.group import create_group
 from mrt_ray.utils import free_port
+from mrt_ray.weight_sync.group import create_group
 
 
 def _sync(pg) -> None:

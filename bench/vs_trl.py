@@ -25,7 +25,7 @@ import traceback
 from importlib.metadata import version
 from pathlib import Path
 
-from harness import (REPO, WORKLOAD, MrtSession, bench_config, markdown_table, median, phase_summary, spread)
+from harness import REPO, WORKLOAD, MrtSession, bench_config, markdown_table, median, phase_summary, spread
 from raw_broadcast import raw_broadcast_seconds, state_bytes
 
 TRL_VENV_PYTHON = REPO / ".venv-bench" / "bin" / "python"

@@ -2,6 +2,7 @@
 (Learner, RolloutWorker) into actors. Nothing else in mrt-ray calls Ray's actor API."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -12,6 +13,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mrt_ray.config import Config
 from mrt_ray.utils import free_port
+
+log = logging.getLogger("mrt_ray")
 
 
 def init_ray(cfg: Config) -> None:
@@ -28,7 +31,7 @@ def init_ray(cfg: Config) -> None:
         for attempt in range(3):
             if not _port_free(port):  # another local Ray (or anything else) holds it: take a free one, say which
                 port = free_port()
-                print(f"mrt-ray: dashboard port {cfg.ray.dashboard_port} is taken; using 127.0.0.1:{port}")
+                log.warning("dashboard port %s is taken; using 127.0.0.1:%s", cfg.ray.dashboard_port, port)
             try:
                 ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=True, dashboard_host="127.0.0.1",
                          dashboard_port=port, runtime_env=env, log_to_driver=True)

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from mrt_ray.config import BootstrapConfig, Config, TaskConfig
-from mrt_ray.tasks.embedded import STYLES, make_trace, task_problem
+from mrt_ray.tasks.embedded import make_trace, style_weights, task_problem
 from mrt_ray.utils import atomic_dir, seed_everything
 
 SPECIALS = ["<pad>", "<eos>", "<unk>"]
@@ -70,7 +70,7 @@ def cache_key(cfg: Config) -> str:
         "task": {k: getattr(cfg.task, k) for k in ("min_terms", "max_terms", "max_operand", "max_value")},
         "seed": cfg.seed,
         "max_model_len": cfg.model.max_model_len,
-        "format": 2,  # 2: byte-level character tokenizer
+        "format": 5,  # 2: byte-level char tokenizer; 3: difficulty-dependent mix; 5: concise attempt, stepwise redo
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -79,17 +79,17 @@ def base_model_dir(cfg: Config) -> Path:
     return Path(cfg.bootstrap.cache_dir) / cache_key(cfg)
 
 
-def sft_batch(tok, task: TaskConfig, weights: dict[str, float], seed: int, step: int, batch: int):
-    """One SFT batch: ids [B, T], labels [B, T] (-100 on prompt and padding), attention mask [B, T]."""
-    styles = [s for s in STYLES if weights.get(s, 0) > 0]
-    unknown = set(weights) - set(STYLES)
-    if unknown:
-        raise ValueError(f"bootstrap.style_weights: unknown styles {sorted(unknown)}; choose from {list(STYLES)}")
+def sft_batch(tok, task: TaskConfig, bc: BootstrapConfig, seed: int, step: int, batch: int):
+    """One SFT batch: ids [B, T], labels [B, T] (-100 on prompt and padding), attention mask [B, T]. Each problem's
+    trace style is drawn from the mix at its difficulty (`style_weights`)."""
     rng = random.Random(f"{seed}/sft/{step}")
     rows = []
     for i in range(batch):
         p = task_problem(task, seed, "sft", step * batch + i)
-        style = rng.choices(styles, weights=[weights[s] for s in styles])[0]
+        weights = style_weights(bc.style_weights_easy, bc.style_weights_hard, p.meta["difficulty_frac"])
+        if not any(weights.values()):
+            raise ValueError("bootstrap.style_weights_easy/_hard give every trace style weight 0")
+        style = rng.choices(list(weights), weights=list(weights.values()))[0]
         prompt_ids = tok(p.prompt, add_special_tokens=False)["input_ids"]
         comp_ids = tok(make_trace(p, style, rng), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         rows.append((prompt_ids, comp_ids))
@@ -164,7 +164,7 @@ def _train_base(cfg: Config, out: Path, eval_size: int | None) -> None:
     model.train()
     bar = tqdm(range(bc.steps), desc=f"bootstrap SFT ({n_params / 1e6:.2f}M params)", mininterval=2)
     for step in bar:
-        ids, labels, mask = sft_batch(tok, cfg.task, bc.style_weights, cfg.seed, step, bc.batch_size)
+        ids, labels, mask = sft_batch(tok, cfg.task, bc, cfg.seed, step, bc.batch_size)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

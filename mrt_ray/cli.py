@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from mrt_ray.config import ConfigError, load_config, to_yaml
@@ -18,6 +19,8 @@ COMMANDS = {
              "steps) and write a table and a Pareto plot of held-out accuracy against mean tokens",
     "star": "MRT-STaR (algo=star): sample, estimate J after every episode, fine-tune on the correct traces that make "
             "the most progress",
+    "grid": "train every method of grid.methods with every seed of grid.seeds, evaluate each seed's base policy and "
+            "checkpoints, and write the seed statistics (mean +- 95% CI, paired differences against grid.baseline)",
 }
 
 
@@ -72,10 +75,26 @@ def run(argv: list[str]) -> int:
         from mrt_ray.sweep import run_sweep
 
         print(json.dumps(run_sweep(cfg), indent=2))
+    elif args.command == "grid":
+        from mrt_ray.grid import run_grid
+
+        print(json.dumps(run_grid(cfg, args.config, list(overrides)), indent=2))
     return 0
 
 
+def _console_logging() -> None:
+    """mrt-ray's own operational events (logger "mrt_ray") as `mrt-ray: <message>` lines on stderr."""
+    logger = logging.getLogger("mrt_ray")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("mrt-ray: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _console_logging()
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:

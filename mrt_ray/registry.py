@@ -20,7 +20,8 @@ class Registry(dict[str, F], Generic[F]):
 
         def add(fn: F) -> F:
             if name in self:
-                raise ValueError(f"{self.kind} {name!r} is already registered (by {self[name].__qualname__})")
+                by = getattr(self[name], "__qualname__", None) or repr(self[name])
+                raise ValueError(f"{self.kind} {name!r} is already registered (by {by})")
             self[name] = fn
             return fn
 

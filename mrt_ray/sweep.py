@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from mrt_ray import checkpoint
-from mrt_ray.config import Config, ConfigError, from_yaml_file, to_dict, to_yaml
+from mrt_ray.config import Config, ConfigError, to_yaml
 from mrt_ray.eval.plots import plot_pareto
+from mrt_ray.members import TrainFn, run_member
 from mrt_ray.tracking import Tracker
-
-TrainFn = Callable[[Config], dict]  # mrt_ray.trainer.train: config -> summary (held-out metrics under eval/...)
 
 REQUIRED = ("eval/sampled_accuracy", "eval/sampled_accuracy_se", "eval/sampled_tokens_mean")
 COLUMNS = ["alpha", "sampled_accuracy", "sampled_accuracy_se", "sampled_tokens_mean", "sampled_tokens_se",
@@ -59,39 +57,6 @@ def member_config(cfg: Config, root: Path, alpha: float) -> Config:
     m.wandb.name = f"{cfg.wandb.name or root.name}-{member_name(alpha)}"
     m.wandb.group = cfg.wandb.group or root.name
     return m
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def _check_same(path: Path, expected: Config) -> None:
-    """A member directory left by an earlier sweep must hold the configuration this sweep would train (the sweep
-    section itself does not change a member: sweep.alphas may grow between runs)."""
-    old, new = _flat(to_dict(from_yaml_file(path))), _flat(to_dict(expected))
-    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith("sweep."))
-    if diff:
-        shown = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:5])
-        raise ConfigError(f"{path} was trained with other settings ({shown}); rerun with the same overrides to "
-                          f"continue that sweep, or choose another run.dir")
-
-
-def run_member(m: Config, train_fn: TrainFn) -> tuple[dict, str]:
-    """Train (or reuse, or resume) one member; returns its summary and 'reused' | 'resumed' | 'trained'."""
-    d = Path(m.run.dir)
-    if (d / "config.yaml").is_file():
-        _check_same(d / "config.yaml", m)
-    if (d / "summary.json").is_file():
-        return json.loads((d / "summary.json").read_text()), "reused"
-    if checkpoint.latest(d) is not None:
-        resumed = copy.deepcopy(m)
-        resumed.resume = str(d)
-        return train_fn(resumed), "resumed"
-    (d / "metrics.jsonl").unlink(missing_ok=True)  # killed before its first checkpoint: nothing to continue from
-    return train_fn(m), "trained"
 
 
 def member_row(alpha: float, summary: dict, source: str) -> dict:

@@ -2,37 +2,43 @@
 
     prompts -> rollout -> segment -> estimate -> reward -> advantage -> learn -> push weights
 
-(segment and estimate run for MRT only). It owns the run directory: config.yaml, metrics.jsonl, checkpoints/,
-summary.json.
+(segment and estimate run for methods that use the estimator pool: MRT, MRT-STaR). What a step trains on is the
+method's (`mrt_ray.methods`). The controller owns the run directory (config.yaml, metrics.jsonl, checkpoints/,
+summary.json), the actors, and recovery: a lost rollout or estimator worker is re-armed (`mrt_ray.recovery`).
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mrt_ray import checkpoint
 from mrt_ray.actors import Placement, init_ray, stop
-from mrt_ray.algos.assign import assign_advantages, uniform_groups
 from mrt_ray.config import Config, from_yaml_file, to_yaml
-from mrt_ray.validation import uses_estimator
 from mrt_ray.eval.heldout import evaluate
 from mrt_ray.eval.metrics import token_stats
 from mrt_ray.learner.group import LearnerGroup
+from mrt_ray.methods import METHODS, StepContext
 from mrt_ray.models import load_tokenizer, resolve_model
-from mrt_ray.weight_sync.push import WeightSync
-from mrt_ray.progress.estimate import select_star
-from mrt_ray.progress.termination import termination_baseline_batch
+from mrt_ray.recovery import Rearming
 from mrt_ray.rewards import get_grader
 from mrt_ray.rewards.score import score
-from mrt_ray.rollout.pool import RolloutPool
-from mrt_ray.rollout.types import CollectedRollout, SamplingSpec
+from mrt_ray.rollout.pool import PendingRollout, RolloutPool, collect_rollout, submit_rollout
+from mrt_ray.rollout.types import SamplingSpec
 from mrt_ray.rollout.worker import RolloutWorker
 from mrt_ray.tasks.source import PromptSource
 from mrt_ray.tracking import Tracker
-from mrt_ray.utils import new_run_dir
 from mrt_ray.trajectory import Trajectory
+from mrt_ray.utils import new_run_dir, timed
+from mrt_ray.weight_sync.push import WeightSync
+
+
+@dataclass
+class StepResult:
+    metrics: dict
+    next_pending: PendingRollout | None  # async mode: the next step's rollout, already submitted
 
 
 class Trainer:
@@ -50,120 +56,104 @@ class Trainer:
             cfg.run.dir = str(run_dir)
             (run_dir / "config.yaml").write_text(to_yaml(cfg))
         self.cfg, self.dir = cfg, run_dir
+        self.method = METHODS.lookup(cfg.algo.name)
         self.model_path = resolve_model(cfg)
         self.tok = load_tokenizer(self.model_path, cfg.model)
         self.source = PromptSource(cfg, self.tok)
         self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout)
-        self.mrt = uses_estimator(cfg)
+        self.version = 0  # the policy version: weight pushes so far
         self.bad_steps = 0  # non-finite steps skipped so far (learner.max_bad_steps)
+        self.next_pending: PendingRollout | None = None  # async mode: the next step's rollout, in flight
+        self.tracker: Tracker | None = None
 
     # ------------------------------------------------------------------ set-up
     def start_actors(self) -> None:
         cfg = self.cfg
         init_ray(cfg)
         local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-        self.placement = Placement(cfg, with_estimators=self.mrt)
+        uses_estimator = self.method.needs_estimator(cfg)
+        self.placement = Placement(cfg, with_estimators=uses_estimator)
         self.learners = LearnerGroup(cfg, self.placement, self.model_path, local)
-        self.workers = [
-            self.placement.actor(RolloutWorker, "rollout", i, cfg, self.model_path, i, threads=cfg.rollout.threads,
-                                 max_restarts=cfg.rollout.max_restarts)
-            for i in range(cfg.rollout.num_workers)
-        ]
-        self.pool = RolloutPool(self.workers)
-        self.estimator = None
-        if self.mrt:
-            from mrt_ray.progress.pool import EstimatorPool
 
-            self.estimator = EstimatorPool(cfg, self.placement, self.model_path, self.source, self.grader)
+        def workers(role: str, n: int, seed_base: int) -> list:
+            return [self.placement.actor(RolloutWorker, role, i, cfg, self.model_path, seed_base + i,
+                                         threads=cfg.rollout.threads, max_restarts=cfg.rollout.max_restarts)
+                    for i in range(n)]
+
+        self.workers = workers("rollout", cfg.rollout.num_workers, 0)
+        self.estimator_workers = workers("estimator", cfg.progress.num_workers, 100) if uses_estimator else []
         probe_ids = self.source.encode(self.source.eval[0].prompt + "0123456789 Wait, let me check.")
         tol = 1e-3 if cfg.model.dtype == "float32" else 5e-2
-        self.sync = WeightSync(self.learners, self.workers + (self.estimator.workers if self.estimator else []),
-                               self.placement, probe_ids, local, cfg.learner.collective_timeout_s, tol,
-                               cfg.rollout.startup_timeout_s)
-        self.pool.guard(self.sync, "rollout")  # a restarted worker is re-armed with the current weights and re-run
-        if self.estimator is not None:
-            self.estimator.pool.guard(self.sync, "estimator")
+        self.sync = WeightSync(self.learners, self.workers + self.estimator_workers, self.placement, probe_ids, local,
+                               cfg.learner.collective_timeout_s, tol, cfg.rollout.startup_timeout_s)
+        self.pool = Rearming(RolloutPool(self.workers, "rollout"), self.sync)
+        self.estimator = None
+        if uses_estimator:
+            from mrt_ray.progress.pool import EstimatorPool
+
+            self.estimator_pool = Rearming(RolloutPool(self.estimator_workers, "estimator"), self.sync)
+            self.estimator = EstimatorPool(cfg, self.source, self.grader, self.estimator_pool.generate)
+
+    @property
+    def actors(self) -> list:
+        return self.learners.actors + self.workers + self.estimator_workers
 
     # ------------------------------------------------------------------ one step
-    def submit_rollout(self, step: int) -> tuple:
+    def submit_rollout(self, step: int) -> PendingRollout:
         """Steps 1-2 (prompts, rollout) started on the workers with the weights they hold now."""
-        cfg = self.cfg
-        spec = SamplingSpec(n=cfg.rollout.n_samples, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                            max_tokens=cfg.rollout.max_new_tokens)
-        return self.pool.submit_rollout(self.source.batch(step), self.source.encode, spec, (cfg.seed, "train", step))
+        rc = self.cfg.rollout
+        spec = SamplingSpec(n=rc.n_samples, temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_new_tokens)
+        return submit_rollout(self.pool, self.source.batch(step), self.source.encode, spec, (self.cfg.seed, "train",
+                                                                                             step))
 
-    def step(self, step: int, pending: tuple | None = None) -> dict:
+    def step(self, step: int, pending: PendingRollout | None = None) -> StepResult:
         """One training step. `pending`: its rollout, already submitted (async mode); None: submit it now.
         In async mode the NEXT step's rollout is submitted before learning, so generation overlaps the update and
         its samples are one policy version behind (corrected by the truncated importance weight)."""
         cfg, m = self.cfg, {}
-        t_step = time.perf_counter()
-        pending = pending or self.submit_rollout(step)  # 1-2. prompts, rollout
-        groups, gen = self.pool.collect_rollout(pending)
-        m["generate_seconds"] = time.perf_counter() - t_step
-        m["generate_worker_seconds"] = gen["seconds"]
-        m["generate_tokens_per_s"] = gen["tokens"] / max(gen["seconds"], 1e-9)
-        m["staleness_max"] = max(self.version - tr.completion.version for g in groups for tr in g)
-        self.next_pending = None
-        if cfg.train.async_rollout and step + 1 < cfg.train.steps:
-            self.next_pending = self.submit_rollout(step + 1)
-        if self.estimator is not None:  # 3-4. segment + estimate (MRT)
-            t = time.perf_counter()
-            m.update(self.estimator.estimate(groups, step))
-            m["estimate_seconds"] = time.perf_counter() - t
-        t = time.perf_counter()
-        m.update(score(groups, cfg, self.grader))  # 5. reward
-        m["score_seconds"] = time.perf_counter() - t
-        trajs = [tr for g in groups for tr in g]
-        lengths = [tr.length for tr in trajs]
-        stats = token_stats(lengths)
-        m.update(tokens_mean=stats["mean"], tokens_p50=stats["p50"], tokens_p90=stats["p90"],
-                 truncation=sum(not tr.completion.finished for tr in trajs) / len(trajs))
-        batch = self._advantages(groups, step, m)  # 6. advantage
-        t = time.perf_counter()
-        if batch:
-            m.update(self.learners.train(batch))  # 7. learn
-        m["learn_seconds_wall"] = time.perf_counter() - t
-        if m.get("skipped"):
-            self.bad_steps += 1  # counted here and checkpointed, so a resumed run keeps counting
-            m["bad_steps"] = self.bad_steps
-            if m["bad_steps"] >= cfg.learner.max_bad_steps:
-                raise RuntimeError(f"{int(m['bad_steps'])} steps had a non-finite loss (learner.max_bad_steps="
-                                   f"{cfg.learner.max_bad_steps}); stopping. Lower learner.lr or check the data.")
-        elif batch:
-            self.version += 1
-            m.update(self.sync.push(self.version))  # 8. push weights
-        m["step_seconds"] = time.perf_counter() - t_step
+        next_pending = None
+        with timed(m, "step_seconds"):
+            with timed(m, "generate_seconds"):  # 1-2. prompts, rollout
+                groups, gen = collect_rollout(self.pool, pending or self.submit_rollout(step))
+            m["generate_worker_seconds"] = gen["seconds"]
+            m["generate_tokens_per_s"] = gen["tokens"] / max(gen["seconds"], 1e-9)
+            m["staleness_max"] = max(self.version - tr.completion.version for g in groups for tr in g)
+            if cfg.train.async_rollout and step + 1 < cfg.train.steps:
+                next_pending = self.submit_rollout(step + 1)
+            if self.estimator is not None:  # 3-4. segment + estimate
+                with timed(m, "estimate_seconds"):
+                    m.update(self.estimator.estimate(groups, step))
+            with timed(m, "score_seconds"):  # 5. reward
+                m.update(score(groups, cfg, self.grader))
+            lengths = [tr.length for g in groups for tr in g]
+            stats = token_stats(lengths)
+            m.update(tokens_mean=stats["mean"], tokens_p50=stats["p50"], tokens_p90=stats["p90"],
+                     truncation=sum(not tr.completion.finished for g in groups for tr in g) / len(lengths))
+            batch = self.build_batch(groups, step, m)  # 6. advantage
+            with timed(m, "learn_seconds_wall"):
+                if batch:
+                    m.update(self.learners.train(batch))  # 7. learn
+            if m.get("skipped"):
+                self.bad_steps += 1  # counted here and checkpointed, so a resumed run keeps counting
+                m["bad_steps"] = self.bad_steps
+                if self.bad_steps >= cfg.learner.max_bad_steps:
+                    raise RuntimeError(f"{self.bad_steps} steps had a non-finite loss (learner.max_bad_steps="
+                                       f"{cfg.learner.max_bad_steps}); stopping. Lower learner.lr or check the data.")
+            elif batch:
+                self.version += 1
+                m.update(self.sync.push(self.version))  # 8. push weights
         m["policy_version"] = self.version
         if cfg.wandb.log_samples_every and step % cfg.wandb.log_samples_every == 0:
             self._log_samples(groups, step)
-        return m
+        return StepResult(m, next_pending)
 
-    def _advantages(self, groups: list[list[Trajectory]], step: int, m: dict) -> list[Trajectory]:
-        """The training batch with per-token advantages, by algorithm."""
-        cfg = self.cfg
-        if cfg.algo.name == "star":  # MRT-STaR: SFT on the correct traces that make the most progress
-            flat = [t for g in groups for t in g]
-            keep = select_star([{"j": t.j_values, "tokens": t.length} for t in flat], cfg.algo.mrt.star_keep)
-            m["star_kept"] = len(keep)
-            for i in keep:
-                flat[i].advantages = [0.0] * flat[i].length
-            return [flat[i] for i in keep]
-        if cfg.algo.drop_uniform_groups:
-            drop = set(uniform_groups(groups))
-            m["dropped_groups"] = len(drop)
-            groups = [g for i, g in enumerate(groups) if i not in drop] or groups
-        if cfg.algo.kl_in_reward > 0:  # the reference policy's log-probs, for the KL inside the reward
-            self.learners.ref_logprobs([t for g in groups for t in g])
-        assign_advantages(groups, cfg, progress_bonus=cfg.algo.name == "mrt" and cfg.algo.mrt.variant == "bonus")
-        batch = [t for g in groups for t in g]
-        if cfg.algo.name == "mrt" and cfg.algo.mrt.variant == "termination_baseline":
-            decode = lambda ids: self.tok.decode(ids, skip_special_tokens=True)  # noqa: E731
-            t = time.perf_counter()
-            extra, stats = termination_baseline_batch(groups, cfg, self.pool, decode, self.grader, step)
-            m.update(stats, continue_seconds=time.perf_counter() - t)  # sampling and grading the continuations
-            batch += extra
-        return batch
+    def build_batch(self, groups: list[list[Trajectory]], step: int, m: dict) -> list[Trajectory]:
+        """Step 6: the method's training batch, with per-token advantages (`mrt_ray.methods`)."""
+        ctx = StepContext(groups=groups, cfg=self.cfg, step=step, metrics=m, reference=self.learners.ref_logprobs,
+                          generate=self.pool.generate, grader=self.grader,
+                          decode=lambda ids: self.tok.decode(ids, skip_special_tokens=True),
+                          force_ids=self.source.encode(self.source.force_text), force_text=self.source.force_text)
+        return self.method.build(ctx)
 
     def _log_samples(self, groups, step: int) -> None:
         rows = [[tr.problem.prompt, tr.completion.text, tr.reward, tr.length, json.dumps(tr.episode_spans),
@@ -179,12 +169,12 @@ class Trainer:
         try:
             return self._run(resumed)
         finally:
-            stop(self.learners.actors + self.workers + (self.estimator.workers if self.estimator is not None else []))
+            stop(self.actors)
             self.placement.remove()
 
     def _run(self, resumed: bool) -> dict:
         cfg = self.cfg
-        start, self.version, wandb_id = 0, 0, ""
+        start, wandb_id = 0, ""
         if self.resume_from is not None:
             state = checkpoint.load(self.resume_from, self.learners)
             start, self.version, wandb_id = state["step"] + 1, state["version"], state.get("wandb_id", "")
@@ -198,9 +188,10 @@ class Trainer:
             self.tracker.log(-1, evaluate(self.pool, self.source, cfg, self.grader, "eval"), advance=False)
         self.next_pending = self._prefetched(start)
         for step in range(start, cfg.train.steps):
-            metrics = self.step(step, self.next_pending)
-            metrics.update(worker_restarts=self.sync.restarts, rollout_reruns=self.pool.reruns + (
-                self.estimator.pool.reruns if self.estimator is not None else 0))
+            result = self.step(step, self.next_pending)
+            self.next_pending, metrics = result.next_pending, result.metrics
+            metrics.update(worker_restarts=self.sync.restarts,
+                           rollout_reruns=self.pool.reruns + (self.estimator_pool.reruns if self.estimator else 0))
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 metrics.update(evaluate(self.pool, self.source, cfg, self.grader, "eval"))
             metrics["elapsed_seconds"] = time.perf_counter() - t0  # wall clock since this process began training
@@ -216,21 +207,19 @@ class Trainer:
         self.tracker.close()
         return summary
 
-    def _prefetched(self, start: int) -> tuple | None:
+    def _prefetched(self, start: int) -> PendingRollout | None:
         """A resumed async run's first batch: the one the interrupted run had prefetched, saved with the checkpoint."""
         saved = checkpoint.load_prefetched(self.resume_from) if self.resume_from is not None else None
         if saved is None:
             return None
         problems = self.source.batch(start)
-        return problems, [self.source.encode(p.prompt) for p in problems], saved
+        return PendingRollout(problems, [self.source.encode(p.prompt) for p in problems], collected=saved)
 
     def _save(self, step: int) -> Path:
         prefetched = None
         if self.next_pending is not None:  # async: step+1's batch, sampled with weights this checkpoint lacks
-            problems, prompt_ids, futures = self.next_pending
-            prefetched = futures if isinstance(futures, CollectedRollout) else CollectedRollout(
-                *self.pool.collect(futures))
-            self.next_pending = problems, prompt_ids, prefetched
+            collect_rollout(self.pool, self.next_pending)  # fills next_pending.collected (once)
+            prefetched = self.next_pending.collected
         path = checkpoint.save(self.dir, step, self.learners,
                                {"version": self.version, "wandb_id": self.tracker.wandb_id,
                                 "bad_steps": self.bad_steps}, prefetched)
@@ -245,6 +234,6 @@ def train(cfg: Config) -> dict:
     try:
         return trainer.run()
     finally:
-        if getattr(trainer, "tracker", None) is not None:
+        if trainer.tracker is not None:
             trainer.tracker.bar.close()
         ray.shutdown()

@@ -1,4 +1,4 @@
-"""Small shared helpers: seeding, atomic directory writes, free ports, thread limits."""
+"""Small shared helpers: seeding, timing, atomic directory writes, free ports, run directories."""
 from __future__ import annotations
 
 import contextlib
@@ -6,10 +6,11 @@ import os
 import random
 import shutil
 import socket
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 
 def seed_everything(seed: int) -> None:
@@ -19,6 +20,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def timed(metrics: dict, key: str) -> Iterator[None]:
+    """Add the wall-clock seconds of the block to metrics[key] (also when it raises)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics[key] = metrics.get(key, 0.0) + time.perf_counter() - t0
 
 
 @contextlib.contextmanager
@@ -47,15 +58,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def limit_threads(n: int) -> None:
-    """Cap intra-op threads of this process (set before heavy libraries start their pools where possible)."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n)
-    import torch
-
-    torch.set_num_threads(n)
 
 
 def new_run_dir(path: str, name: str, marker: str, hint: str) -> Path:

@@ -9,20 +9,27 @@ from mrt_ray.config import Config, ConfigError
 
 
 def uses_estimator(cfg: Config) -> bool:
-    """MRT and MRT-STaR need the Monte-Carlo estimator pool."""
-    return cfg.algo.name in ("mrt", "star")
+    """Whether the method (algo.name) needs the Monte-Carlo estimator pool (MRT, MRT-STaR)."""
+    from mrt_ray.methods import METHODS  # late: the registries import torch
+
+    return cfg.algo.name in METHODS and METHODS[cfg.algo.name].needs_estimator(cfg)
 
 
 def registry_errors(cfg: Config) -> list[str]:
     from mrt_ray.algos.advantages import ADVANTAGES  # late: the registries import torch
     from mrt_ray.algos.losses import LOSSES
+    from mrt_ray.methods import METHODS, MRT_VARIANTS
     from mrt_ray.rewards import REWARDS
 
     errors = []
-    for reg in (ADVANTAGES, REWARDS, LOSSES):
-        value = OmegaConf.select(OmegaConf.structured(cfg), reg.key)
+    node = OmegaConf.structured(cfg)
+    for reg in (METHODS, MRT_VARIANTS, ADVANTAGES, REWARDS, LOSSES):
+        value = OmegaConf.select(node, reg.key)
         if value not in reg:
             errors.append(f"{reg.key}={value!r} is not registered; choose one of {sorted(reg)}")
+    method = METHODS.get(cfg.algo.name)
+    if method is not None and method.loss is not None and cfg.algo.loss != method.loss:
+        errors.append(f"algo.name={cfg.algo.name} trains with algo.loss={method.loss}, got {cfg.algo.loss!r}")
     return errors
 
 

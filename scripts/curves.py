@@ -26,7 +26,8 @@ def curves(run: Path) -> tuple[list[tuple], list[tuple]]:
     clock = dict(zip((r["step"] for r in steps), itertools.accumulate(r["step_seconds"] for r in steps)))
     last = max(clock) if clock else 0
     held = [(0.0 if r["step"] < 0 else clock[min(r["step"], last)], r["step"], r["eval/sampled_accuracy"],
-             r["eval/sampled_accuracy_se"], r["eval/sampled_tokens_mean"]) for r in rows if "eval/sampled_accuracy" in r]
+             r["eval/sampled_accuracy_se"], r["eval/sampled_tokens_mean"])
+            for r in rows if "eval/sampled_accuracy" in r]
     train = [(clock[w[-1]["step"]], sum(r["accuracy"] for r in w) / len(w))
              for w in (steps[i:i + WINDOW] for i in range(0, len(steps), WINDOW))]
     return sorted(held), train

@@ -58,7 +58,6 @@ MEANINGS: dict[str, str] = {
     "bootstrap.lr": "peak AdamW learning rate (linear warm-up, then cosine decay to 0)",
     "bootstrap.warmup": "warm-up steps",
     "bootstrap.threads": "torch threads for the SFT (not part of the cache key)",
-    "bootstrap.style_weights": "sampling weight of each trace style (concise, stepwise, verbose, repair)",
     "rollout.num_workers": "rollout workers (one inference engine each); requests are split evenly",
     "rollout.tensor_parallel_size": "vLLM tensor-parallel size per engine (GPU): its GPUs sit in the worker's one "
                                     "bundle and > 1 runs vLLM's multiprocessing executor inside the actor",
@@ -85,13 +84,12 @@ MEANINGS: dict[str, str] = {
     "learner.ppo_epochs": "passes over each step's batch",
     "learner.collective_timeout_s": "timeout of the DeepSpeed world and the weight group; a controller call to "
                                     "the learners waits at most twice this",
-    "algo.name": "the method; `mrt` turns on segmentation, the estimator pool and the progress bonus",
     "algo.clip_eps": "PPO lower clip: ratio >= 1 - clip_eps",
     "algo.clip_eps_high": "PPO upper clip: ratio <= 1 + clip_eps_high (clip-higher when larger than clip_eps)",
     "algo.entropy_coef": "weight of the entropy bonus (subtracted from the loss)",
     "progress.segment.markers": "a paragraph starting with one of these (case-sensitive) opens a new episode",
-    "progress.num_workers": "estimator workers (RolloutWorkers sampling forced answers, with the rollout.* engine settings); "
-                            "algo=mrt only",
+    "progress.num_workers": "estimator workers (RolloutWorkers sampling forced answers, with the rollout.* engine "
+                            "settings); methods that estimate (mrt, star) only",
     "progress.num_cpus": "Ray CPUs per estimator worker",
     "progress.num_gpus": "Ray GPUs per estimator worker: 0 (CPU), rollout.tensor_parallel_size, or a share < 1 "
                          "at TP=1",
@@ -208,9 +206,10 @@ def walk(obj: Any, prefix: str = "") -> list[tuple[str, str, dataclasses.Field, 
 def registries() -> dict[str, list[str]]:
     from mrt_ray.algos.advantages import ADVANTAGES
     from mrt_ray.algos.losses import LOSSES
+    from mrt_ray.methods import METHODS, MRT_VARIANTS
     from mrt_ray.rewards import REWARDS
 
-    return {"algo.advantage": sorted(ADVANTAGES), "algo.reward": sorted(REWARDS), "algo.loss": sorted(LOSSES)}
+    return {reg.key: sorted(reg) for reg in (METHODS, MRT_VARIANTS, ADVANTAGES, REWARDS, LOSSES)}
 
 
 def unread_keys() -> set[str]:

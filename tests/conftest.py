@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny random Qwen2 model with the character tokenizer (no training), a small config builder,
-and one local Ray session for the tests that run the real stack (Ray + vLLM + DeepSpeed)."""
+and one local Ray session for the tests that run the real stack (Ray + vLLM + DeepSpeed).
+
+Tests run by speed: unmarked (fast unit tests) first, then `stack` (real stack), then `slow`, so one command runs
+everything and a broken unit fails within seconds. A test that uses the Ray session is `stack` automatically."""
 from __future__ import annotations
 
 import os
@@ -22,6 +25,15 @@ def tiny_model(tmp_path_factory) -> str:
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return str(path)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)
+    stage = {item: 2 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("stack") else 0
+             for item in items}
+    items.sort(key=lambda item: stage[item])  # stable: file order inside a stage
 
 
 SMALL = [

@@ -6,8 +6,6 @@ import math
 import pytest
 import torch
 
-from mrt_ray.algos.advantages import kl_reward_to_go
-from mrt_ray.algos.assign import assign_advantages
 from mrt_ray.algos import (
     ADVANTAGES,
     LOSSES,
@@ -23,6 +21,8 @@ from mrt_ray.algos import (
     token_advantages,
     whiten,
 )
+from mrt_ray.algos.advantages import kl_reward_to_go
+from mrt_ray.algos.assign import assign_advantages
 from mrt_ray.config import AlgoConfig
 
 REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])

@@ -96,8 +96,9 @@ def test_loading_order_file_then_presets_then_dotlist(tmp_path: Path) -> None:
 
 
 def test_free_form_dict_key_can_be_overridden() -> None:
-    cfg = load_config(None, ["bootstrap.style_weights.verbose=0.5"])
-    assert cfg.bootstrap.style_weights == {"concise": 0.15, "stepwise": 0.25, "verbose": 0.5, "repair": 0.2}
+    cfg = load_config(None, ["bootstrap.style_weights_easy.verbose=0.5"])
+    assert cfg.bootstrap.style_weights_easy == {"concise": 0.1, "stepwise": 0.1, "confirm": 0.8, "repair": 0.0,
+                                                "verbose": 0.5}
 
 
 def test_resolved_yaml_round_trips(tmp_path: Path) -> None:

@@ -118,6 +118,8 @@ def _wait(client, job_id: str, deadline_s: float) -> str:
     return status
 
 
+@pytest.mark.stack
+@pytest.mark.slow
 def test_ray_job_submit_trains_on_the_submitted_cluster(ray_head, tiny_model, tmp_path):
     from mrt_ray.config import from_yaml_file
 

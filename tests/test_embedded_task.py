@@ -59,20 +59,67 @@ class _FixedRng:
 
 # ------------------------------------------------------------------------------------------------ traces
 
-P368 = Problem(id="t", prompt="3+5-2=?\n<think>\n", answer="6", meta={"terms": [3, 5, 2], "ops": ["+", "-"]})
+P368 = Problem(id="t", prompt="3+5-2=?\n<think>\n", answer="6",
+               meta={"terms": [3, 5, 2], "ops": ["+", "-"], "expr": "3+5-2", "difficulty": 3, "difficulty_frac": 0.0})
+
+
+class _ConfirmRng:
+    """make_trace's confirm style: solution `per_line` operations per line, then `3 - 2*frac + u` confirmations."""
+
+    def __init__(self, per_line: int, u: float):
+        self.per_line, self.u = per_line, u
+
+    def choice(self, options):
+        assert self.per_line in options
+        return self.per_line
+
+    def random(self) -> float:
+        return self.u
 
 
 @pytest.mark.parametrize(("style", "rng", "thinking"), [
     ("concise", None, "3+5-2=6"),
     ("stepwise", None, "3+5=8\n8-2=6"),
     ("verbose", None, "3+5=8\n8-2=6\n\nWait, let me check.\n3+5=8\n8-2=6\n\nWait, check again.\n3+5=8\n8-2=6"),
-    # slip on line 0: 8 is even -> 7, carried forward to 7-2=5
-    ("repair", _FixedRng(0), "3+5=7\n7-2=5\n\nWait, that step looks wrong.\n3+5=8\n8-2=6"),
-    # slip on line 1: (6 + 1) is odd -> 7
-    ("repair", _FixedRng(1), "3+5=8\n8-2=7\n\nWait, that step looks wrong.\n3+5=8\n8-2=6"),
+    # easiest problem (frac 0): three confirmations, each restating the expression and the value found
+    ("confirm", _ConfirmRng(1, 0.5),
+     "3+5=8\n8-2=6\n\nWait, check: 3+5-2=6\n\nBut wait, 3+5-2=6\n\nWait, again: 3+5-2=6"),
+    ("confirm", _ConfirmRng(2, 0.0), "3+5-2=6\n\nWait, check: 3+5-2=6\n\nBut wait, 3+5-2=6\n\nWait, again: 3+5-2=6"),
+    # a concise attempt (one line for two operations) with a slip: 6 is even -> 5; then the stepwise redo
+    ("repair", _FixedRng(0), "3+5-2=5\n\nWait, that step looks wrong.\n3+5=8\n8-2=6"),
+    ("recheck", None, "3+5-2=6\n\nWait, let me redo it step by step.\n3+5=8\n8-2=6"),
 ])
 def test_trace_hand_computed(style: str, rng, thinking: str) -> None:
     assert make_trace(P368, style, rng or random.Random(0)) == thinking + "\n</think>\n#### 6"
+
+
+def test_confirmations_fall_with_difficulty() -> None:
+    from mrt_ray.tasks.embedded import confirmations
+
+    def n(frac: float, u: float) -> int:
+        return confirmations(Problem("t", "", "0", meta={"difficulty_frac": frac}), _ConfirmRng(1, u))
+
+    assert (n(0.0, 0.0), n(0.0, 0.99), n(0.5, 0.0), n(0.5, 0.99), n(1.0, 0.0), n(1.0, 0.99)) == (3, 3, 2, 2, 1, 1)
+    assert (n(0.25, 0.4), n(0.25, 0.6)) == (2, 3)  # 2.5 rounds up half the time
+
+
+def test_style_mix_interpolates_with_difficulty() -> None:
+    from mrt_ray.tasks.embedded import style_weights
+
+    easy, hard = {"confirm": 0.8, "repair": 0.0}, {"confirm": 0.2, "repair": 0.4}
+    w = style_weights(easy, hard, 0.5)
+    assert w["confirm"] == pytest.approx(0.5) and w["repair"] == pytest.approx(0.2) and w["concise"] == 0.0
+    with pytest.raises(ValueError, match="unknown styles"):
+        style_weights({"terse": 1.0}, hard, 0.0)
+
+
+def test_confirm_episodes_make_no_progress() -> None:
+    rng = random.Random(5)
+    for p in _problems():
+        trace = make_trace(p, "confirm", rng)
+        episodes = trace[: trace.index(FORCE_TEXT)].split("\n\n")
+        assert 2 <= len(episodes) <= 4 and all(e.startswith(("Wait", "But wait")) for e in episodes[1:])
+        assert all(grade(_forced("\n\n".join(episodes[: j + 1])), p.answer) for j in range(len(episodes)))
 
 
 def test_verbose_checks_once_for_more_than_four_terms() -> None:

@@ -7,8 +7,16 @@ import random
 import pytest
 
 from mrt_ray.eval.forcing import BudgetPlan, cut_thinking, extend_prompt, force_answer_prompt
-from mrt_ray.eval.metrics import (accuracy_per_1k_tokens, maj_at_k, majority_at_equal_tokens, majority_vote,
-                                  pass_at_1, token_stats, tokens_to_reach, truncation_rate)
+from mrt_ray.eval.metrics import (
+    accuracy_per_1k_tokens,
+    maj_at_k,
+    majority_at_equal_tokens,
+    majority_vote,
+    pass_at_1,
+    token_stats,
+    tokens_to_reach,
+    truncation_rate,
+)
 from mrt_ray.eval.regret import normalized_regret, regret_curve
 from mrt_ray.tasks.embedded import FORCE_TEXT, THINK_CLOSE, make_problem, make_trace
 

@@ -205,6 +205,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.stack
 def test_eval_two_models_end_to_end(tmp_path, two_models, ray_cluster):
     from mrt_ray.config import load_config
     from mrt_ray.eval.regret import regret_curve
@@ -221,7 +222,7 @@ def test_eval_two_models_end_to_end(tmp_path, two_models, ray_cluster):
     assert headline["eval_json"] == str(run / "eval.json")
     assert set(headline["models"]) == set(report["models"]) == {"random0", "random1"}
     assert report["eval"]["budgets"] == budgets and report["task"] == "embedded"
-    for label, r in report["models"].items():
+    for r in report["models"].values():
         assert r["problems"] == 3
         s = r["sampled"]
         assert s["k"] == 2 and 0 <= s["accuracy"] <= 1 and 0 <= s["maj@k"] <= 1 and 0 <= s["truncation"] <= 1

@@ -210,10 +210,9 @@ def test_split_steps_give_the_whole_steps_gradient(agg, split):
     total = torch.zeros_like(g_full)
     for chunks in ranks:
         for rows in chunks:
-            if not rows:  # an empty chunk runs on a dummy row with a zero mask
-                zeroed = {**batch, "mask": batch["mask"] * 0}
-                g, _ = grads(model, lambda: learner_loss(model, zeroed, c, old, ref, w, [0], norm, world))
-            else:
-                g, _ = grads(model, lambda: learner_loss(model, batch, c, old, ref, w, rows, norm, world))
+            # an empty chunk runs on a dummy row with a zero mask
+            data, picked = ({**batch, "mask": batch["mask"] * 0}, [0]) if not rows else (batch, rows)
+            g, _ = grads(model, lambda data=data, picked=picked: learner_loss(model, data, c, old, ref, w, picked,
+                                                                               norm, world))
             total += g
     torch.testing.assert_close(total / world, g_full, rtol=1e-9, atol=1e-12)

@@ -130,7 +130,7 @@ def _worker_pids() -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == os.getpid() and b"mrt_ray.rewards.grading_worker" in cmd:
+        if ppid == os.getpid() and b"spawn_main" in cmd:  # the pool's workers are spawned children
             pids.append(int(d.name))
     return pids
 
@@ -202,10 +202,13 @@ def test_batch_matches_single() -> None:
 
 
 def test_get_grader() -> None:
-    assert get_grader("exact") is embedded.grade
+    exact = get_grader("exact")
+    assert exact("x\n</think>\n#### 7", "7")
+    assert exact.many(["#### 7", "#### 8", "7"], ["7"] * 3) == [True, False, False]
     math = get_grader("math")
     assert math("\\boxed{\\frac{6}{3}}", "2") is True
     assert math("\\boxed{3}", "2") is False
+    assert math.many(["\\boxed{3}", "#### 2"], ["2", "2"]) == [False, True] and math.many([], []) == []
     assert get_grader("math", marker="ANS:")("ANS: 0.5", "1/2") is True
     with pytest.raises(ValueError, match="task.grader='fuzzy'"):
         get_grader("fuzzy")

@@ -49,6 +49,7 @@ def _answers_a_sum(path: Path) -> None:
     assert "12" in tok.decode(out[0, ids.shape[1]:])
 
 
+@pytest.mark.stack
 @pytest.mark.slow
 def test_smollm2_gguf_eval_on_champ(tmp_path, smollm2_gguf):
     models = tmp_path / "models"

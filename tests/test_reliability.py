@@ -23,6 +23,8 @@ COMPARED = ("reward", "accuracy", "tokens_mean", "pg_loss", "grad_norm")
 N_STEPS = 4
 RUN = [*SMALL, f"train.steps={N_STEPS}", "train.save_every=2"]  # 4 steps, a checkpoint after step index 1
 
+pytestmark = [pytest.mark.stack]
+
 
 def _rows(run_dir: Path) -> dict[int, dict]:
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
@@ -152,9 +154,9 @@ def test_rollout_worker_killed_mid_step(uninterrupted, tiny_model, tmp_path):
             os.kill(pid, signal.SIGKILL)
             return pending
 
-        def _advantages(self, groups, step, m):
+        def build_batch(self, groups, step, m):
             self.group_sizes.append([len(g) for g in groups])
-            return super()._advantages(groups, step, m)
+            return super().build_batch(groups, step, m)
 
     cfg = _cfg(tiny_model, tmp_path / "run")
     trainer = KillDuringStep1(cfg)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.stack]
 
 
 def test_two_step_training_run(small_cfg):
@@ -126,8 +126,8 @@ def test_push_reaches_rollout_worker(small_cfg, tiny_model, backend):
     from mrt_ray.actors import Placement
     from mrt_ray.learner.group import LearnerGroup
     from mrt_ray.models import load_tokenizer
-    from mrt_ray.weight_sync.push import WeightSync
     from mrt_ray.rollout.worker import RolloutWorker
+    from mrt_ray.weight_sync.push import WeightSync
 
     cfg = small_cfg("learner.lr=5e-2", "learner.zero_stage=3", f"rollout.backend={backend}")
     tok = load_tokenizer(tiny_model, cfg.model)

@@ -224,8 +224,8 @@ BREAKS = {  # file in the tree -> (text, replacement, the API the failure must n
                                  "EngineArgs: no field ['logprobs_mode']"),
     "vllm/config/model.py": ('"processed_logits", "processed_logprobs"\n]', '"processed_logits", "processed"\n]',
                              "LogprobsMode: logprobs_mode='processed_logprobs' is not one of"),
-    "vllm/v1/worker/gpu/model_runner.py": ("        is_checkpoint_format: bool = True,\n    ) -> None:\n        \"\"\"Reload",
-                                           "        checkpoint_format: bool = True,\n    ) -> None:\n        \"\"\"Reload",
+    "vllm/v1/worker/gpu/model_runner.py": ('is_checkpoint_format: bool = True,\n    ) -> None:\n        """Reload',
+                                           'checkpoint_format: bool = True,\n    ) -> None:\n        """Reload',
                                            "vllm.v1.worker.gpu.model_runner.GPUModelRunner.reload_weights: no "
                                            "parameter ['is_checkpoint_format']"),
     "vllm/entrypoints/llm.py": ("reset_connector: bool = False\n    ) -> bool:",
@@ -236,7 +236,8 @@ BREAKS = {  # file in the tree -> (text, replacement, the API the failure must n
                                                              "vllm.model_executor.model_loader.reload.layerwise: "
                                                              "logs [], not 'RotaryEmbedding: Failed to load weights'"),
     "vllm/v1/worker/worker_base.py": ("    def shutdown(self) -> None:",
-                                      "    def mrt_receive_weights(self):\n        pass\n\n    def shutdown(self) -> None:",
+                                      "    def mrt_receive_weights(self):\n        pass\n\n"
+                                      "    def shutdown(self) -> None:",
                                       "Worker: already has ['mrt_receive_weights']"),
 }
 

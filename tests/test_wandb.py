@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.stack]
 
 FAKE_KEY = "fake-wandb-key-0123456789abcdef"  # set as WANDB_API_KEY; must never reach W&B
 SAMPLE_COLUMNS = ["prompt", "completion", "reward", "length", "episodes", "progress"]

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tomllib
 import zipfile
-from functools import cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,19 +51,21 @@ class Source:
 
     def __init__(self, root: Path, label: str):
         self.root, self.label = root, label
+        self._modules: dict[str, ast.Module] = {}
 
     def fail(self, api: str, detail: str) -> None:
         import pytest
 
         pytest.fail(f"{self.label}: {api}: {detail}", pytrace=False)
 
-    @cache
     def module(self, dotted: str) -> ast.Module:
-        path = self.root.joinpath(*dotted.split("."))
-        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-        if not path.is_file():
-            self.fail(dotted, f"module not found ({path.relative_to(self.root)})")
-        return ast.parse(path.read_text(), str(path))
+        if dotted not in self._modules:
+            path = self.root.joinpath(*dotted.split("."))
+            path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+            if not path.is_file():
+                self.fail(dotted, f"module not found ({path.relative_to(self.root)})")
+            self._modules[dotted] = ast.parse(path.read_text(), str(path))
+        return self._modules[dotted]
 
     def _resolve(self, module: str, name: str) -> tuple[str, str] | None:
         """Where `name`, used in `module`, is defined: (module, name), following `from X import name` inside the

@@ -7,7 +7,7 @@ penalty inside the reward as a per-token return; `whiten` normalises over the ba
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

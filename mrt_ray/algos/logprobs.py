@@ -1,7 +1,7 @@
 """Log-probabilities and entropies from logits, without a full-vocabulary float32 copy for half-precision logits."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

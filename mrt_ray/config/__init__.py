@@ -15,6 +15,7 @@ from mrt_ray.config.schema import (
     BootstrapConfig,
     Config,
     EvalConfig,
+    GridConfig,
     LearnerConfig,
     ModelConfig,
     MRTConfig,
@@ -30,8 +31,8 @@ from mrt_ray.config.schema import (
 )
 
 __all__ = [
-    "CONF_DIR", "GROUPS", "AlgoConfig", "BootstrapConfig", "Config", "ConfigError", "EvalConfig", "LearnerConfig",
-    "MRTConfig", "ModelConfig", "ProgressConfig", "RayConfig", "RolloutConfig", "RunConfig", "SegmentConfig",
-    "SweepConfig", "TaskConfig", "TrainConfig", "WandbConfig", "check_fields", "from_yaml_file", "group_presets",
-    "load_config", "to_dict", "to_yaml",
+    "CONF_DIR", "GROUPS", "AlgoConfig", "BootstrapConfig", "Config", "ConfigError", "EvalConfig", "GridConfig",
+    "LearnerConfig", "MRTConfig", "ModelConfig", "ProgressConfig", "RayConfig", "RolloutConfig", "RunConfig",
+    "SegmentConfig", "SweepConfig", "TaskConfig", "TrainConfig", "WandbConfig", "check_fields", "from_yaml_file",
+    "group_presets", "load_config", "to_dict", "to_yaml",
 ]

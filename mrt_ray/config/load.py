@@ -18,7 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from mrt_ray.config.schema import Config
 
 CONF_DIR = Path(os.environ.get("MRT_RAY_CONF", Path(__file__).resolve().parents[2] / "conf"))
-GROUPS = ("algo", "model", "task")  # `group=name` overrides load conf/<group>/<name>.yaml
+GROUPS = ("algo", "model", "task", "eval")  # `group=name` overrides load conf/<group>/<name>.yaml
 
 
 class ConfigError(ValueError):
@@ -72,7 +72,7 @@ def check_fields(obj: Any, prefix: str = "") -> list[str]:
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
     out = []
     if isinstance(node, DictConfig):
-        for k in node.keys():
+        for k in node:
             full = f"{prefix}{k}"
             out.append(full)
             out.extend(_all_keys(node[k], full + "."))
@@ -152,10 +152,11 @@ def load_config(config_file: str | None = None, overrides: list[str] | tuple[str
 
 
 def _is_dict_key(schema: DictConfig, key: str) -> bool:
-    """`bootstrap.style_weights.verbose` is valid: its parent is a free-form dict."""
+    """`bootstrap.style_weights_easy.verbose` and `grid.methods.<label>` are valid: their parent is a free-form dict."""
     parent = key.rsplit(".", 1)[0] if "." in key else ""
     node = OmegaConf.select(schema, parent, default=None) if parent else None
-    return isinstance(node, DictConfig) and parent in ("bootstrap.style_weights",)
+    return isinstance(node, DictConfig) and parent in ("bootstrap.style_weights_easy", "bootstrap.style_weights_hard",
+                                                                "grid.methods")
 
 
 def to_yaml(cfg: Config) -> str:

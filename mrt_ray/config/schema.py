@@ -72,6 +72,7 @@ class TaskConfig:
     split: str = "train"
     question_key: str = "question"
     answer_key: str = "answer"
+    difficulty_key: str = ""  # row field with the problem's difficulty (e.g. MATH's `level`) for per-difficulty eval
     template: str = "{question}\n"  # plain template; `{question}` is replaced
     chat_template: bool = False  # wrap with the tokenizer's chat template instead
     system_prompt: str = ""
@@ -94,8 +95,12 @@ class BootstrapConfig:
     lr: float = pos(5e-3)
     warmup: int = nonneg(50)
     threads: int = pos(2)
-    # over-thinking mix of trace styles (weights need not sum to 1)
-    style_weights: dict[str, float] = nonneg({"concise": 0.15, "stepwise": 0.25, "verbose": 0.4, "repair": 0.2})
+    # trace-style mix (concise, stepwise, confirm, verbose, repair, recheck; weights need not sum to 1), linear in
+    # difficulty
+    style_weights_easy: dict[str, float] = nonneg(
+        {"concise": 0.1, "stepwise": 0.1, "confirm": 0.8, "repair": 0.0, "recheck": 0.0})  # at task.min_terms
+    style_weights_hard: dict[str, float] = nonneg(
+        {"concise": 0.05, "stepwise": 0.25, "confirm": 0.2, "repair": 0.25, "recheck": 0.25})  # at task.max_terms
     cache_dir: str = "runs/base"  # the model is cached at <cache_dir>/<config hash>
 
 
@@ -141,16 +146,16 @@ class LearnerConfig:
 
 @dataclass
 class MRTConfig:
-    variant: str = choice("bonus", "bonus", "termination_baseline")  # bonus | termination_baseline
+    variant: str = "bonus"  # registry key (mrt_ray.methods.MRT_VARIANTS): bonus | termination_baseline | online
     progress_coef: float = nonneg(1.0)  # alpha in l_FT + alpha * sum_j progress_j
-    cut_prefixes: int = pos(2)  # termination_baseline: prefixes cut per step per prompt
-    continuations: int = pos(2)  # termination_baseline: continuations sampled per prefix
+    cut_prefixes: int = pos(2)  # termination_baseline, online: prefixes cut per step per prompt
+    continuations: int = pos(2)  # termination_baseline, online: continuations (online: and terminations) per prefix
     star_keep: float = frac(0.5, lo_open=True)  # MRT-STaR (algo=star): fraction of correct traces kept per step
 
 
 @dataclass
 class AlgoConfig:
-    name: str = choice("grpo", "grpo", "rloo", "drgrpo", "length_penalty", "mrt", "star")
+    name: str = "grpo"  # the method, a registry key (mrt_ray.methods.METHODS): what a step trains on
     advantage: str = "grpo"  # registry key: grpo | rloo | drgrpo
     reward: str = "outcome"  # registry key: outcome | length_penalty | dapo_overlong
     alpha: float = frac(0.0, hi_open=True)  # length-penalty strength
@@ -200,8 +205,13 @@ class ProgressConfig:
     adaptive: bool = True
     half_width: float = frac(0.25, lo_open=True)  # stop when the 95% half-width falls below this
     temperature: float = nonneg(0.7)
+    top_p: float = frac(1.0, lo_open=True)  # top-p of the forced answers (the MRT reference: 0.95)
     max_answer_tokens: int = pos(8)
-    force_text: str = "\n</think>\n#### "  # appended after a prefix to force the answer
+    # cue: append the answer cue (force_text; the embedded task's own "\n</think>\n#### "); time_is_up: the MRT
+    # reference's prompt ("Time is up. Given the time I've spent ...", the close tag, then answer_start)
+    meta_prover: str = choice("cue", "cue", "time_is_up")  # how an answer is forced after a thinking prefix
+    force_text: str = "\n</think>\n#### "  # cue: appended after a prefix to force the answer (real data)
+    answer_start: str = "**Step-by-Step Explanation and Answer:**\n\n1. **"  # time_is_up: the answer's first words
     segment: SegmentConfig = field(default_factory=lambda: SegmentConfig(min_gap=0))
 
 
@@ -221,11 +231,20 @@ class EvalConfig:
     size: int = pos(200)  # held-out prompts
     n_samples: int = pos(4)
     temperature: float = nonneg(1.0)
+    top_p: float = frac(1.0, lo_open=True)  # top-p of the sampled eval traces
     greedy: bool = True  # also report greedy accuracy
     budgets: list[int] = pos([16, 32, 64, 96, 128, 192])
     continue_marker: str = "\n\nWait"
     episode_curve: bool = True
     target_accuracy: float = frac(0.0)  # token efficiency: tokens to reach this accuracy (0: skip)
+    # extrapolation (the MRT reference's protocol): forcing steps past the natural end, each "\n" + the next cue
+    extrapolation_steps: int = nonneg(0)  # forcing steps W (0: skip the stage)
+    extrapolation_cues: list[str] = field(
+        default_factory=lambda: ["Wait", "But wait", "Alternatively", "But hold on"])  # cycled, one per step
+    extrapolation_step_tokens: int = pos(32)  # token cap of one forcing step (the reference: 2048)
+    extrapolation_every: int = pos(2)  # sample free continuations after every this many steps (and before any)
+    extrapolation_samples: int = pos(4)  # free continuations per trace at each of those points (the reference: 8)
+    extrapolation_traces: int = pos(100)  # the stage runs on the first this many sampled traces
 
 
 @dataclass
@@ -244,6 +263,31 @@ class SweepConfig:
     """`mrt-ray sweep`: the length-penalty family, one model per alpha (same seed and steps)."""
 
     alphas: list[float] = frac([0.0, 0.05, 0.1, 0.2, 0.4], hi_open=True)  # one model per algo.alpha
+
+
+def _grid_methods() -> dict[str, list[str]]:
+    return {
+        "grpo": ["algo=grpo"],
+        "lp01": ["algo=length_penalty", "algo.alpha=0.1"],
+        "lp02": ["algo=length_penalty", "algo.alpha=0.2"],
+        "lp04": ["algo=length_penalty", "algo.alpha=0.4"],
+        "mrt": ["algo=mrt"],
+        "mrt_tb": ["algo=mrt", "algo.mrt.variant=termination_baseline"],
+        "star": ["algo=star"],
+    }
+
+
+@dataclass
+class GridConfig:
+    """`mrt-ray grid`: every method x every seed is one training run (the command's own overrides, then the method's,
+    then seed=<s>); then per seed one evaluation of the base policy and every method's final checkpoint; then the
+    seed statistics (mean +- 95% CI, paired differences against the baseline on the same seeds)."""
+
+    seeds: list[int] = nonneg([0, 1, 2])  # run seeds (each also bootstraps its own embedded base policy)
+    methods: dict[str, list[str]] = field(default_factory=_grid_methods)  # label -> that method's config overrides
+    select: list[str] = field(default_factory=list)  # train only these method labels (empty: all)
+    baseline: str = "grpo"  # the method every other one is compared with, seed by seed
+    evaluate: bool = True  # evaluate and aggregate after training (false: train only)
 
 
 @dataclass
@@ -271,4 +315,5 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
     ray: RayConfig = field(default_factory=RayConfig)

@@ -85,3 +85,21 @@ def plot_pareto(points: Sequence[tuple[str, float, float, float, float]], path: 
         ax.annotate(label, (tokens, acc), textcoords="offset points", xytext=(5, 5), fontsize="small")
     ax.margins(x=0.15, y=0.15)
     return _save(fig, ax, path, legend=False)
+
+
+def plot_by_difficulty(results: Mapping[str, Sequence[tuple[object, float, float]]], path: str | Path,
+                       ylabel: str, title: str) -> Path:
+    """A per-difficulty quantity (with stderr bars) against the difficulty buckets, one line per model.
+    `results[model]`: (difficulty, value, se) in bucket order; labels may be numbers or text (MATH's levels)."""
+    _check(results, "plot_by_difficulty")
+    fig, ax = _new_axes(title, "difficulty", ylabel)
+    labels: list[str] = []
+    for series in results.values():
+        labels += [str(d) for d, _, _ in series if str(d) not in labels]
+    pos = {d: i for i, d in enumerate(labels)}
+    for name, series in results.items():
+        xs = [pos[str(d)] for d, _, _ in series]
+        ax.errorbar(xs, [v for _, v, _ in series], yerr=[e for _, _, e in series], marker="o", markersize=4,
+                    capsize=3, label=name)
+    ax.set_xticks(range(len(labels)), labels)
+    return _save(fig, ax, path)

@@ -37,17 +37,6 @@ def accuracy_curve(tokens: Sequence[float], accuracy: Sequence[float]) -> Knots:
     return xs, ys
 
 
-def curve_value(knots: Knots, t: float) -> float:
-    """J(t) on the knots: linear between knots, constant after the last one."""
-    xs, ys = knots
-    if t < 0:
-        raise ValueError(f"t = {t}: token counts must be >= 0")
-    for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:]):
-        if t <= x1:
-            return y0 + (y1 - y0) * (t - x0) / (x1 - x0)
-    return ys[-1]
-
-
 def _area(knots: Knots, budget: float) -> float:
     """Integral of J over [0, budget] (exact for the piecewise-linear curve)."""
     xs, ys = knots

@@ -15,6 +15,9 @@ Per model, on the eval problems (`PromptSource.eval`; arguments in `mrt_ray.eval
   3. episodes (eval.episode_curve): segment every trace into episodes and estimate J after each prefix with the MRT
      meta-prover (`progress.pool.Estimator`: up to progress.samples forced answers at progress.temperature, adaptive)
      -> J by episode index and by mean thinking tokens at each boundary.
+  4. by difficulty: accuracy and tokens per difficulty bucket (the embedded task's number of terms,
+     or a data row's `task.difficulty_key`), and with the episode stage the over-thinking measures (share of thinking
+     after the first right episode, flip rate, progress by episode): `eval/difficulty.py`.
 Writes <run.dir>/eval.json (default run.dir: runs/eval-<time>), eval_config.yaml, PNG plots (every model on each
 plot) and W&B tables and images (offline unless wandb.mode says otherwise); a progress bar counts the stages.
 """
@@ -32,16 +35,24 @@ import numpy as np
 from mrt_ray.actors import Placement, init_ray, stop
 from mrt_ray.config import Config, ConfigError, to_yaml
 from mrt_ray.eval import plots
+from mrt_ray.eval.difficulty import TraceRecord, by_difficulty
+from mrt_ray.eval.extrapolate import run_extrapolation
 from mrt_ray.eval.forcing import BudgetPlan, extend_prompt, force_answer_prompt
-from mrt_ray.eval.heldout import sample_stats
-from mrt_ray.eval.metrics import (accuracy_per_1k_tokens, maj_at_k, majority_at_equal_tokens, pass_at_1,
-                                  token_stats, tokens_to_reach)
+from mrt_ray.eval.heldout import grade_groups, sample_stats
+from mrt_ray.eval.metrics import (
+    accuracy_per_1k_tokens,
+    maj_at_k,
+    majority_at_equal_tokens,
+    pass_at_1,
+    token_stats,
+    tokens_to_reach,
+)
 from mrt_ray.eval.plan import budget_thinking, episode_curve, equal_token_pairs, natural_thinking
 from mrt_ray.eval.regret import regret_curve
 from mrt_ray.models import load_tokenizer, resolve_model, resolve_model_path
 from mrt_ray.progress.pool import Estimator, segment_trajectory
 from mrt_ray.rewards import extract_answer, get_grader
-from mrt_ray.rollout.pool import RolloutPool, request_seed
+from mrt_ray.rollout.pool import RolloutPool, request_seed, sample_groups
 from mrt_ray.rollout.types import Request, SamplingSpec
 from mrt_ray.rollout.worker import RolloutWorker
 from mrt_ray.tasks.embedded import ANSWER_MARK
@@ -137,29 +148,39 @@ class EvalRunner:
         self._check_lengths(source, force_ids)
         workers = [self.placement.actor(RolloutWorker, "rollout", i, cfg, path, i, threads=cfg.rollout.threads,
                                         max_restarts=cfg.rollout.max_restarts) for i in range(cfg.rollout.num_workers)]
-        pool = RolloutPool(workers)
+        pool = RolloutPool(workers, "eval")
         decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
         out: dict = {"path": path, "problems": len(source.eval)}
         try:
             self._stage(label, "sampled")
-            spec = SamplingSpec(n=cfg.eval.n_samples, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
+            spec = SamplingSpec(n=cfg.eval.n_samples, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                                 max_tokens=cfg.rollout.max_new_tokens)
-            groups, _ = pool.rollout(source.eval, source.encode, spec, (cfg.seed, "eval", "sampled"))
-            out["sampled"] = self.sampled_stats(groups)
+            groups, _ = sample_groups(pool, source.eval, source.encode, spec, (cfg.seed, "eval", "sampled"))
+            correct = grade_groups(groups, self.grader)
+            out["sampled"] = self.sampled_stats(groups, correct)
             self.tracker.bar.update(1)
             if cfg.eval.greedy:
                 self._stage(label, "greedy")
                 spec = SamplingSpec(n=1, temperature=0.0, max_tokens=cfg.rollout.max_new_tokens)
-                greedy, _ = pool.rollout(source.eval, source.encode, spec, (cfg.seed, "eval", "greedy"))
+                greedy, _ = sample_groups(pool, source.eval, source.encode, spec, (cfg.seed, "eval", "greedy"))
                 out["greedy"] = sample_stats(greedy, self.grader)
                 self.tracker.bar.update(1)
             self._stage(label, "budget forcing")
             out.update(self.budget_forcing(groups, pool, source, force_ids, decode))
             self.tracker.bar.update(1)
+            j_lists, cuts = [], []
             if cfg.eval.episode_curve:
                 self._stage(label, "episodes")
-                out["episodes"] = self.episodes(groups, pool, source, force_ids, decode)
+                out["episodes"], j_lists, cuts = self.episodes(groups, pool, source, force_ids, decode)
                 self.tracker.bar.update(1)
+            out["by_difficulty"] = self.difficulty_table(groups, decode, j_lists, cuts)
+            if cfg.eval.extrapolation_steps:
+                self._stage(label, "extrapolation")
+                tc = cfg.task
+                traces = [t for g in groups for t in g]
+                natural = [natural_thinking(t.completion.ids, decode, tc.think_open, tc.think_close) for t in traces]
+                out["extrapolation"] = run_extrapolation(traces, pool.generate, source.encode, decode, self.grader,
+                                                         cfg, natural)
         finally:
             stop(workers)
         out["seconds"] = time.perf_counter() - t0
@@ -177,10 +198,10 @@ class EvalRunner:
                 f"({len(force_ids)}) + progress.max_answer_tokens ({cfg.progress.max_answer_tokens}) = {need}")
 
     # ------------------------------------------------------------------ measurements
-    def sampled_stats(self, groups: list[list[Trajectory]]) -> dict:
+    def sampled_stats(self, groups: list[list[Trajectory]], correct: list[list[bool]]) -> dict:
         cfg = self.cfg
         k = cfg.eval.n_samples
-        stats = sample_stats(groups, self.grader)
+        stats = sample_stats(groups, self.grader, correct)
         marker = cfg.task.answer_marker
         answers = [[extract_answer(t.completion.text, marker) if t.completion.finished else None for t in g]
                    for g in groups]
@@ -204,7 +225,7 @@ class EvalRunner:
         ext = [i for i, p in enumerate(plans) if p.max_new_tokens > 0]
         reqs = [Request(extend_prompt(traces[i].prompt_ids, traces[i].completion.ids[:naturals[i]], marker_ids,
                                       close_ids),
-                        SamplingSpec(n=1, temperature=ec.temperature, top_p=cfg.rollout.top_p,
+                        SamplingSpec(n=1, temperature=ec.temperature, top_p=cfg.eval.top_p,
                                      max_tokens=plans[i].max_new_tokens,
                                      seed=request_seed(cfg.seed, "eval", "extend", i)))
                 for i in ext]
@@ -220,6 +241,8 @@ class EvalRunner:
                  for th in thinking[i]] for i, t in enumerate(traces)]
         spec = SamplingSpec(n=1, temperature=0.0, max_tokens=cfg.progress.max_answer_tokens)
         answers = [source.force_text + g[0].text for g in pool.generate([Request(list(p), spec) for p in forced])[0]]
+        gold_of = {k: traces[i].problem.answer for i, ks in enumerate(keys) for k in ks}  # a prompt holds its problem
+        verdicts = self.grader.many(answers, [gold_of[k] for k in range(len(answers))])
         # 3. per budget: pass@1 over the forced answers, thinking tokens spent, share of extended traces
         rows, votes = [], {}
         for b, budget in enumerate(ec.budgets):
@@ -227,7 +250,7 @@ class EvalRunner:
             for g in groups:
                 idx = range(pos, pos + len(g))
                 pos += len(g)
-                correct.append([self.grader(answers[keys[i][b]], traces[i].problem.answer) for i in idx])
+                correct.append([verdicts[keys[i][b]] for i in idx])
                 samples.append([(extract_answer(answers[keys[i][b]], tc.answer_marker), len(thinking[i][b]))
                                 for i in idx])
             votes[budget] = samples
@@ -262,8 +285,22 @@ class EvalRunner:
         estimator = Estimator(cfg, force_ids, self.grader, source.force_text)
         j, stats = estimator.run(prefixes, lambda reqs: pool.generate(reqs)[0], (cfg.seed, "eval", "episodes"))
         j_lists = [[j[tuple(t.prompt_ids + t.completion.ids[:c])] for c in cs] for t, cs in zip(traces, cuts)]
-        return {"curve": episode_curve(j_lists, cuts),
-                "episodes_mean": float(np.mean([len(t.episode_spans) for t in traces])), **stats}
+        return ({"curve": episode_curve(j_lists, cuts),
+                 "episodes_mean": float(np.mean([len(t.episode_spans) for t in traces])), **stats}, j_lists, cuts)
+
+    def difficulty_table(self, groups: list[list[Trajectory]], decode, j_lists: list, cuts: list) -> list[dict]:
+        """Per difficulty bucket: accuracy, tokens and, with J per episode, the over-thinking
+        measures. The traces must be graded (`correct` set)."""
+        tc = self.cfg.task
+        records = []
+        for g_idx, g in enumerate(groups):
+            for t in g:
+                records.append(TraceRecord(
+                    prompt=g_idx, difficulty=t.problem.meta.get("difficulty"), correct=t.correct, tokens=t.length,
+                    thinking=natural_thinking(t.completion.ids, decode, tc.think_open, tc.think_close)))
+        for r, jl, cs in zip(records, j_lists, cuts):
+            r.j, r.cuts = list(jl), list(cs)
+        return by_difficulty(records)
 
     # ------------------------------------------------------------------ outputs
     def plot(self, results: dict) -> dict[str, Path]:
@@ -279,6 +316,17 @@ class EvalRunner:
                 [(m, r["sampled"]["tokens_mean"], r["sampled"]["accuracy"], r["sampled"]["accuracy_se"],
                   r["sampled"]["tokens_se"]) for m, r in results.items()], d / "accuracy_vs_completion_tokens.png"),
         }
+        for key, ylabel, title in (("tokens_mean", "mean completion tokens", "Completion tokens by difficulty"),
+                                   ("accuracy", "accuracy (pass@1)", "Accuracy by difficulty")):
+            series = {m: [(row["difficulty"], row[key], row[key.replace("_mean", "") + "_se"]) for row in
+                          r["by_difficulty"]] for m, r in results.items() if r.get("by_difficulty")}
+            if series:
+                out[f"{key.split('_')[0]}_by_difficulty"] = plots.plot_by_difficulty(
+                    series, d / f"{key.split('_')[0]}_by_difficulty.png", ylabel, title)
+        ext = {m: [(row["thinking_tokens_mean"], row["accuracy"], row["accuracy_se"])
+                   for row in r["extrapolation"]["rows"]] for m, r in results.items() if r.get("extrapolation")}
+        if ext:
+            out["extrapolation"] = plots.plot_accuracy_vs_tokens(ext, d / "extrapolation.png")
         j = {m: [row["j"] for row in r["episodes"]["curve"] if row["episode"] >= 0]
              for m, r in results.items() if "episodes" in r}
         j = {m: series for m, series in j.items() if series}
@@ -299,6 +347,11 @@ class EvalRunner:
         t.table("eval/budget_forcing", ["model", "budget", "accuracy", "accuracy_se", "thinking_tokens_mean",
                                         "extended_share", "regret"],
                 [[m, *b.values()] for m, r in results.items() for b in r["budget_forcing"]], step=0)
+        t.table("eval/by_difficulty", ["model", "difficulty", "prompts", "accuracy", "accuracy_se", "tokens_mean",
+                                       "tokens_se", "share_after_first_correct", "flip_rate"],
+                [[m, row["difficulty"], row["prompts"], row["accuracy"], row["accuracy_se"], row["tokens_mean"],
+                  row["tokens_se"], row.get("share_after_first_correct"), row.get("flip_rate")]
+                 for m, r in results.items() for row in r.get("by_difficulty", [])], step=0)
         t.table("eval/episodes", ["model", "episode", "j", "thinking_tokens_mean", "traces"],
                 [[m, *row.values()] for m, r in results.items() for row in r.get("episodes", {}).get("curve", [])],
                 step=0)

@@ -20,8 +20,8 @@ from mrt_ray.algos.logprobs import gather_logprobs
 from mrt_ray.algos.losses import StepNorm
 from mrt_ray.config import Config
 from mrt_ray.learner import ds
-from mrt_ray.models import load_causal_lm, load_tokenizer
 from mrt_ray.learner.objective import microbatch_loss, policy_logprobs, ref_logprobs
+from mrt_ray.models import load_causal_lm, load_tokenizer
 from mrt_ray.weight_sync.group import create_group, send_tensors
 
 

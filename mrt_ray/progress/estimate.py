@@ -7,7 +7,8 @@ thinking at all. A `j` list holds [J(c_{-1}), J(c_0), ..., J(c_k)].
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mrt_ray.config import ProgressConfig

@@ -1,6 +1,6 @@
 """Steps 3-4 of the data path (MRT): segment every trace into episodes, then estimate by Monte Carlo
-J(c_j) = P(forced answer after prefix c_j is correct) on a pool of inference workers, and the progress
-J(c_j) - J(c_{j-1}) of each episode.
+J(c_j) = P(forced answer after prefix c_j is correct) on the estimator workers, and the progress J(c_j) - J(c_{j-1})
+of each episode.
 
 The meta-prover mu: prefix c_j = prompt + the completion's tokens up to episode j's answer cut, then the forced-
 termination text; a short sampled answer is graded. c_-1 is the prompt with no thinking. Prefixes are deduplicated
@@ -10,14 +10,11 @@ RolloutWorkers with prefix caching: all forced answers of a trace share its KV p
 """
 from __future__ import annotations
 
-import time
-
 from mrt_ray.config import Config
 from mrt_ray.episodes import answer_cuts, segment, token_boundaries
 from mrt_ray.progress.estimate import mean_progress_by_episode, plan_round, progress, share_nonpositive, should_stop
-from mrt_ray.rollout.pool import RolloutPool, request_seed
+from mrt_ray.rollout.pool import request_seed
 from mrt_ray.rollout.types import Request, SamplingSpec
-from mrt_ray.rollout.worker import RolloutWorker
 from mrt_ray.trajectory import Trajectory
 
 
@@ -45,22 +42,24 @@ class Estimator:
         """prefixes: {prefix token ids: gold answer}. generate(requests) -> completions per request.
         Returns ({prefix: J estimate}, stats)."""
         pc = self.cfg.progress
-        succ = {p: 0 for p in prefixes}
-        trials = {p: 0 for p in prefixes}
+        succ = dict.fromkeys(prefixes, 0)
+        trials = dict.fromkeys(prefixes, 0)
         open_ = list(prefixes)
         rounds = tokens = 0
         while open_:
             reqs = []
             for i, p in enumerate(open_):
-                spec = SamplingSpec(n=plan_round(trials[p], pc), temperature=pc.temperature,
+                spec = SamplingSpec(n=plan_round(trials[p], pc), temperature=pc.temperature, top_p=pc.top_p,
                                     max_tokens=pc.max_answer_tokens, seed=request_seed(*seed_parts, rounds, i))
                 reqs.append(Request(list(p) + self.force_ids, spec))
             outs = generate(reqs)
-            for p, comps in zip(open_, outs):
-                for c in comps:
-                    succ[p] += bool(self.grader(self.force_text + c.text, prefixes[p]))
-                    trials[p] += 1
-                    tokens += len(c.ids)
+            answers = [(p, c) for p, comps in zip(open_, outs) for c in comps]
+            verdicts = self.grader.many([self.force_text + c.text for _, c in answers],
+                                        [prefixes[p] for p, _ in answers])
+            for (p, c), ok in zip(answers, verdicts):
+                succ[p] += bool(ok)
+                trials[p] += 1
+                tokens += len(c.ids)
             open_ = [p for p in open_ if not should_stop(succ[p], trials[p], pc)]
             rounds += 1
         j = {p: succ[p] / trials[p] for p in prefixes}
@@ -69,18 +68,14 @@ class Estimator:
 
 
 class EstimatorPool:
-    def __init__(self, cfg: Config, placement, model_path: str, source, grader):
-        self.cfg, self.source = cfg, source
-        self.workers = [
-            placement.actor(RolloutWorker, "estimator", i, cfg, model_path, 100 + i, threads=cfg.rollout.threads,
-                            max_restarts=cfg.rollout.max_restarts)
-            for i in range(cfg.progress.num_workers)
-        ]
-        self.pool = RolloutPool(self.workers)
+    """Segments a step's traces and estimates J for every episode boundary. `generate(requests)` samples on the
+    estimator workers (the controller's re-arming pool over RolloutWorkers with prefix caching)."""
+
+    def __init__(self, cfg: Config, source, grader, generate):
+        self.cfg, self.source, self.generate = cfg, source, generate
         self.estimator = Estimator(cfg, source.encode(source.force_text), grader, source.force_text)
 
     def estimate(self, groups: list[list[Trajectory]], step: int) -> dict:
-        t0 = time.perf_counter()
         decode = lambda ids: self.source.tok.decode(ids, skip_special_tokens=True)  # noqa: E731
         prefixes: dict[tuple, str] = {}
         for g in groups:
@@ -88,7 +83,7 @@ class EstimatorPool:
                 segment_trajectory(t, self.cfg, decode)
                 for cut in [0] + t.episode_cuts:
                     prefixes[tuple(t.prompt_ids + t.completion.ids[:cut])] = t.problem.answer
-        j, stats = self.estimator.run(prefixes, lambda reqs: self.pool.generate(reqs)[0],
+        j, stats = self.estimator.run(prefixes, lambda reqs: self.generate(reqs)[0],
                                       (self.cfg.seed, "estimate", step))
         for g in groups:
             for t in g:
@@ -100,7 +95,6 @@ class EstimatorPool:
         stats.update({
             "episodes_mean": sum(len(t.episode_spans) for g in groups for t in g) / sum(len(g) for g in groups),
             "progress_nonpositive_share": share_nonpositive(plists) if plists else float("nan"),
-            "estimate_seconds": time.perf_counter() - t0,
         })
         stats.update({f"progress_ep{i}": v for i, v in enumerate(by_ep[:6])})
         stats.update({f"j_c{i - 1}": v for i, v in enumerate(j_curve[:7])})

@@ -1,10 +1,8 @@
-"""A math-verify grading worker: `python -m mrt_ray.rewards.grading_worker FD PPID`, started by `grading._Worker`.
+"""What runs inside a math-verify grading process (a pebble ProcessPool worker, spawned, see `grading`).
 
-It talks over the `multiprocessing.connection.Connection` on file descriptor FD: it sends ("ready", None) once
-math-verify is imported and warmed up, then answers each (gold, prediction) pair of extracted answers with
-("ok", bool) or ("error", message). math-verify's own SIGALRM timeouts are off: the parent enforces the timeout by
-killing this process. It exits when the parent closes the connection, and on Linux is SIGKILLed when the parent's
-spawning thread dies (PR_SET_PDEATHSIG: also mid-comparison, when a huge integer power holds the GIL).
+`init` dies with the parent (Linux PR_SET_PDEATHSIG, also mid-comparison when a huge integer power holds the GIL),
+leaves Ctrl-C to the parent, imports and warms up math-verify; `equal` compares two extracted answers. math-verify's
+own SIGALRM timeouts are off: the pool enforces a timeout per task by killing the worker.
 """
 from __future__ import annotations
 
@@ -12,49 +10,30 @@ import logging
 import os
 import signal
 import sys
-from multiprocessing.connection import Connection
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_TARGETS = None
 
 
-def _die_with_parent(ppid: int) -> None:
+def init(ppid: int) -> None:
     if sys.platform == "linux":
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != ppid:  # the parent died before prctl took effect
         os._exit(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that its own timeout is off: intended
+    equal("1", "1")  # the first call is slow (sympy and regex set-up): pay it now
 
 
-def main(fd: int, ppid: int) -> None:
-    _die_with_parent(ppid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us at exit
+def equal(gold: str, pred: str) -> bool:
+    """math-verify's verdict on two extracted answers (each boxed, so LaTeX and plain expressions parse alike)."""
+    global _TARGETS
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-    # math-verify warns once that its timeout is disabled: intended, the parent enforces it
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    targets = (LatexExtractionConfig(), ExprExtractionConfig())
-
-    def equal(gold: str, pred: str) -> bool:
-        # the extracted answers are boxed so math-verify parses LaTeX and plain expressions alike
-        g = parse(f"\\boxed{{{gold}}}", extraction_config=targets, parsing_timeout=None, raise_on_error=True)
-        p = parse(f"\\boxed{{{pred}}}", extraction_config=targets, parsing_timeout=None, raise_on_error=True)
-        return bool(verify(g, p, timeout_seconds=None, raise_on_error=True))
-
-    conn = Connection(fd)
-    equal("1", "1")  # the first call is slow (sympy and regex set-up): pay it before reporting ready
-    conn.send(("ready", None))
-    while True:
-        try:
-            gold, pred = conn.recv()
-        except EOFError:
-            return
-        try:
-            reply = ("ok", equal(gold, pred))
-        except BaseException as e:  # noqa: BLE001 - any grader failure is reported and counted by the parent
-            reply = ("error", f"{type(e).__name__}: {e}"[:500])
-        conn.send(reply)
-
-
-if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    if _TARGETS is None:
+        _TARGETS = (LatexExtractionConfig(), ExprExtractionConfig())
+    g = parse(f"\\boxed{{{gold}}}", extraction_config=_TARGETS, parsing_timeout=None, raise_on_error=True)
+    p = parse(f"\\boxed{{{pred}}}", extraction_config=_TARGETS, parsing_timeout=None, raise_on_error=True)
+    return bool(verify(g, p, timeout_seconds=None, raise_on_error=True))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from mrt_ray.config import Config
-from mrt_ray.weight_sync.group import TensorMeta, create_group, receive_tensors
 from mrt_ray.rollout.types import Completion, Request
+from mrt_ray.weight_sync.group import TensorMeta, create_group, receive_tensors
 
 
 class HFEngine:

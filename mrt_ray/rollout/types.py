@@ -1,7 +1,7 @@
 """What crosses the rollout boundary: sampling requests and completions."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,6 @@ class SamplingSpec:
 class Request:
     prompt_ids: list[int]
     spec: SamplingSpec
-    key: str = ""  # the caller's id for this request (e.g. "<problem id>/<prefix>")
 
 
 @dataclass
@@ -28,7 +27,6 @@ class Completion:
     text: str  # decoded completion, special tokens skipped
     finished: bool  # ended with EOS or a stop string; False: cut at max_tokens (truncated)
     version: int = 0  # policy version (number of weight pushes) that produced it
-    meta: dict = field(default_factory=dict)
 
 
 class EngineDead(RuntimeError):

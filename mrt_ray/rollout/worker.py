@@ -5,31 +5,32 @@ serves the MRT estimator pool (forced answers are just short generations from pr
 
 An engine that can never answer again (`EngineDead`: vLLM's engine-core process died, as an NCCL or CUDA fault on
 GPU does) ends this process with exit status `EXIT_ENGINE_DEAD`: Ray then sees a dead actor and restarts it
-(`rollout.max_restarts`), and the pool re-runs its chunk on the fresh process. Raising instead would leave a live
-actor that fails every call.
+(`rollout.max_restarts`), and the controller re-arms it and re-runs its chunk (`mrt_ray/recovery.py`). Raising
+instead would leave a live actor that fails every call.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import os
-import sys
-import time
 
 from mrt_ray.config import Config
 from mrt_ray.rollout.types import Completion, EngineDead, Request
+from mrt_ray.utils import timed
 
+log = logging.getLogger("mrt_ray")
 EXIT_ENGINE_DEAD = 75  # the worker's exit status after its engine died
 
 
 def exit_if_engine_dead(method):
-    """`EngineDead` from the engine ends the process (one line on stderr says why), so Ray restarts it."""
+    """`EngineDead` from the engine ends the process (one logged line says why), so that Ray restarts it."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except EngineDead as e:
-            print(f"mrt-ray: worker {self.index} (pid {os.getpid()}): {e}; ending the process so that Ray restarts "
-                  f"it", file=sys.stderr, flush=True)
+            log.error("worker %s (pid %s): %s; ending the process so that Ray restarts it", self.index, os.getpid(), e)
+            logging.shutdown()  # flush before _exit skips the interpreter's own shutdown
             os._exit(EXIT_ENGINE_DEAD)
     return call
 
@@ -62,10 +63,11 @@ class RolloutWorker:
 
     @exit_if_engine_dead
     def generate(self, requests: list[Request]) -> tuple[list[list[Completion]], dict]:
-        t = time.perf_counter()
-        out = self.engine.generate(requests, self.version)
-        tokens = sum(len(c.ids) for g in out for c in g)
-        return out, {"seconds": time.perf_counter() - t, "tokens": tokens}
+        stats: dict = {}
+        with timed(stats, "seconds"):
+            out = self.engine.generate(requests, self.version)
+        stats["tokens"] = sum(len(c.ids) for g in out for c in g)
+        return out, stats
 
     @exit_if_engine_dead
     def prompt_logprobs(self, ids: list[int]) -> list[float]:
@@ -80,6 +82,3 @@ class RolloutWorker:
         sums = self.engine.receive_weights()
         self.version = version
         return sums
-
-    def set_version(self, version: int) -> None:
-        self.version = version

@@ -223,6 +223,12 @@ def _make_problem(obj: Any, row: int, stem: str, cfg: TaskConfig, tokenizer: Any
     answer = normalize_answer(_get(obj, cfg.answer_key, "answer"))
     prompt = _prompt(cfg, question, tokenizer)
     meta: dict[str, Any] = {"row": row}
+    if cfg.difficulty_key:
+        level = _get(obj, cfg.difficulty_key, "difficulty")
+        if isinstance(level, bool) or not isinstance(level, (str, int, float)):
+            raise _RowError("bad_difficulty_type", f"difficulty '{cfg.difficulty_key}' must be a string or a number, "
+                                                   f"got {type(level).__name__}")
+        meta["difficulty"] = level
     if tokenizer is not None and max_prompt_tokens is not None:
         # a chat template writes its own special tokens; a plain prompt gets the tokenizer's (as generation would)
         n = len(tokenizer.encode(prompt, add_special_tokens=not cfg.chat_template))

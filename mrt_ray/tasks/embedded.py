@@ -16,12 +16,22 @@ starting with "Wait"), then the closing tag and the answer after "#### ":
     #### 6
 
 Forcing an answer after any prefix appends FORCE_TEXT ("\n</think>\n#### "), exactly the text that ends every
-training trace, so the meta-prover is in-distribution. Trace styles (the SFT mix deliberately over-thinks):
+training trace, so the meta-prover is in-distribution. Trace styles:
   concise  - two operations per line, one episode
   stepwise - one operation per line, one episode
-  verbose  - stepwise, then 1-2 redundant re-check episodes (tokens without progress)
-  repair   - stepwise with one wrong step, then a "Wait" episode that redoes it correctly (real progress)
-Difficulty (number of terms) varies, so the token count a problem needs varies with it.
+  confirm  - a solution (one or two operations per line), then 1-3 episodes that CONFIRM it: each restates the
+             expression and the value already found ("Wait, check: 3+5-2=6"). They hold no progress and copy rather
+             than recompute, so they rarely turn a right answer wrong: the redundant thinking of R1-style models,
+             which outcome-reward RL has no reason to remove. Easier problems get more of them.
+  verbose  - stepwise, then 1-2 re-check episodes that RECOMPUTE the chain (the first testbed's redundancy; a
+             recomputation sampled at temperature 1 can turn a right answer wrong, so GRPO alone removes it)
+  repair   - a concise attempt (two operations per line, the error-prone format) with one wrong step, then a "Wait"
+             episode that redoes the chain step by step (one operation per line) and gets it right: real progress
+  recheck  - a concise attempt, then "Wait, let me redo it step by step." and the stepwise chain: on the training
+             trace no progress, but when sampled the stepwise redo is the more reliable of the two, so on hard
+             problems it fixes more attempts than it breaks (the useful later thinking of R1-style models)
+Difficulty is the number of terms, recorded per problem (`meta["difficulty"]`); the bootstrap's style mix depends on
+it (`bootstrap.style_weights_easy` at task.min_terms, `style_weights_hard` at task.max_terms, linear in between).
 """
 from __future__ import annotations
 
@@ -34,9 +44,11 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 ANSWER_MARK = "#### "
 FORCE_TEXT = f"\n{THINK_CLOSE}\n{ANSWER_MARK}"
-STYLES = ("concise", "stepwise", "verbose", "repair")
+STYLES = ("concise", "stepwise", "confirm", "verbose", "repair", "recheck")
 CHECK_LINES = ("Wait, let me check.", "Wait, check again.")
+CONFIRM_LINES = ("Wait, check: {expr}={ans}", "But wait, {expr}={ans}", "Wait, again: {expr}={ans}")
 REPAIR_LINE = "Wait, that step looks wrong."
+RECHECK_LINE = "Wait, let me redo it step by step."
 
 
 def _rng(seed: int, stream: str, index: int) -> random.Random:
@@ -63,7 +75,8 @@ def make_problem(seed: int, stream: str, index: int, min_terms: int = 2, max_ter
         id=f"{stream}-{index}",
         prompt=f"{expr}=?\n{THINK_OPEN}\n",
         answer=str(value),
-        meta={"terms": terms, "ops": ops, "num_terms": n},
+        meta={"terms": terms, "ops": ops, "num_terms": n, "expr": expr, "difficulty": n,
+              "difficulty_frac": (n - min_terms) / max(1, max_terms - min_terms)},
     )
 
 
@@ -93,19 +106,41 @@ def make_trace(problem: Problem, style: str, rng: random.Random) -> str:
     elif style == "stepwise":
         lines, ans = _steps(terms, ops, per_line=1)
         episodes = ["\n".join(lines)]
+    elif style == "confirm":
+        lines, ans = _steps(terms, ops, per_line=rng.choice((1, 2)))
+        checks = [CONFIRM_LINES[k % len(CONFIRM_LINES)] for k in range(confirmations(problem, rng))]
+        episodes = ["\n".join(lines)] + [c.format(expr=problem.meta["expr"], ans=ans) for c in checks]
     elif style == "verbose":
         lines, ans = _steps(terms, ops, per_line=1)
         n_checks = 2 if len(terms) <= 4 else 1
         episodes = ["\n".join(lines)] + [f"{CHECK_LINES[k]}\n" + "\n".join(lines) for k in range(n_checks)]
     elif style == "repair":
-        wrong_at = rng.randrange(max(1, len(ops)))
-        bad, _ = _steps(terms, ops, per_line=1, wrong_at=wrong_at)
+        bad, _ = _steps(terms, ops, per_line=2, wrong_at=rng.randrange(max(1, (len(ops) + 1) // 2)))
         lines, ans = _steps(terms, ops, per_line=1)
         episodes = ["\n".join(bad), f"{REPAIR_LINE}\n" + "\n".join(lines)]
+    elif style == "recheck":
+        first, _ = _steps(terms, ops, per_line=2)
+        lines, ans = _steps(terms, ops, per_line=1)
+        episodes = ["\n".join(first), f"{RECHECK_LINE}\n" + "\n".join(lines)]
     else:
         raise ValueError(f"unknown trace style {style!r}; choose one of {STYLES}")
     assert str(ans) == problem.answer
     return "\n\n".join(episodes) + FORCE_TEXT + problem.answer
+
+
+def confirmations(problem: Problem, rng: random.Random) -> int:
+    """Confirming episodes after a solution: 3 on the easiest problems, 1 on the hardest, interpolated (randomly
+    rounded) in between."""
+    base = 3.0 - 2.0 * problem.meta.get("difficulty_frac", 0.0)
+    return int(base + rng.random())
+
+
+def style_weights(easy: dict[str, float], hard: dict[str, float], frac: float) -> dict[str, float]:
+    """The trace-style mix of a problem at relative difficulty `frac` in [0, 1]: linear from `easy` to `hard`."""
+    unknown = (set(easy) | set(hard)) - set(STYLES)
+    if unknown:
+        raise ValueError(f"bootstrap.style_weights_*: unknown styles {sorted(unknown)}; choose from {list(STYLES)}")
+    return {s: (1 - frac) * easy.get(s, 0.0) + frac * hard.get(s, 0.0) for s in STYLES}
 
 
 def grade(completion: str, answer: str) -> bool:

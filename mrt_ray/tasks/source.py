@@ -6,7 +6,24 @@ import random
 
 from mrt_ray.config import Config
 from mrt_ray.tasks import Problem
-from mrt_ray.tasks.embedded import FORCE_TEXT, task_problem
+from mrt_ray.tasks.embedded import ANSWER_MARK, FORCE_TEXT, task_problem
+
+TIME_IS_UP = ("Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
+              "formulate a final answer based on what I already have.")
+
+
+def meta_prover_text(cfg: Config) -> str:
+    """The text appended after a thinking prefix to force an answer.
+
+    cue: the answer cue (the embedded task: its own FORCE_TEXT, the text that ends every training trace; real data:
+    `progress.force_text`). time_is_up: the MRT reference's meta-prover: a new paragraph "Time is up. Given the time
+    I've spent ...", the close tag, a blank line and the start of an answer (`progress.answer_start`; the embedded
+    task: its "#### " mark, which its grader reads)."""
+    embedded = cfg.task.name == "embedded"
+    if cfg.progress.meta_prover == "cue":
+        return FORCE_TEXT if embedded else cfg.progress.force_text
+    start = ANSWER_MARK if embedded else cfg.progress.answer_start
+    return f"\n\n{TIME_IS_UP}\n{cfg.task.think_close}\n\n{start}"
 
 
 class PromptSource:
@@ -37,8 +54,8 @@ class PromptSource:
 
     @property
     def force_text(self) -> str:
-        """Appended after a thinking prefix to force the final answer (the meta-prover's cue)."""
-        return FORCE_TEXT if self.cfg.task.name == "embedded" else self.cfg.progress.force_text
+        """Appended after a thinking prefix to force the final answer (the meta-prover, `progress.meta_prover`)."""
+        return meta_prover_text(self.cfg)
 
     def batch(self, step: int) -> list[Problem]:
         k = self.cfg.train.prompts_per_step

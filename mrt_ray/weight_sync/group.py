@@ -10,9 +10,9 @@ sender and every receiver compute a per-tensor checksum; the controller compares
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable
 
 import torch
 import torch.distributed as dist

@@ -1,0 +1,101 @@
+"""`mrt-ray grid` with fake training and evaluation: members configured and placed per (method, seed), finished
+members reused, one eval per seed, and the seed statistics against hand-computed values."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mrt_ray.config import ConfigError, load_config, to_yaml
+from mrt_ray.grid import check_grid, run_grid
+
+ACC = {"base": 0.50, "grpo": 0.60, "mrt": 0.70}  # + 0.01 * seed
+TOKENS = {"base": 80.0, "grpo": 70.0, "mrt": 35.0}
+
+
+def fake_eval_json(models, seed):
+    out = {}
+    for label, _ in models:
+        a = ACC[label] + 0.01 * seed
+        forced = [a / 2, a] if label != "mrt" else [a * 0.9, a]  # budgets 16, 32
+        out[label] = {
+            "sampled": {"accuracy": a, "tokens_mean": TOKENS[label] + seed, "maj@k": a},
+            "greedy": {"accuracy": a + 0.05},
+            "budget_forcing": [{"budget": b, "accuracy": f, "regret": 1 - f / 2} for b, f in zip((16, 32), forced)],
+            "by_difficulty": [{"difficulty": 2, "tokens_mean": TOKENS[label] / 2, "accuracy": a},
+                              {"difficulty": 6, "tokens_mean": TOKENS[label], "accuracy": a - 0.2}],
+        }
+    return {"models": out}
+
+
+@pytest.fixture
+def fakes(monkeypatch, tmp_path):
+    calls = {"train": [], "eval": []}
+
+    def train(cfg):
+        d = Path(cfg.run.dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.yaml").write_text(to_yaml(cfg))
+        calls["train"].append((cfg.algo.name, cfg.seed, cfg.train.steps))
+        summary = {"steps": cfg.train.steps}
+        (d / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    def evaluate(cfg, models):
+        calls["eval"].append((cfg.seed, [m for m, _ in models]))
+        d = Path(cfg.run.dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "eval.json").write_text(json.dumps(fake_eval_json(models, cfg.seed)))
+
+    monkeypatch.setattr("mrt_ray.models.resolve_model", lambda cfg: f"/base/seed{cfg.seed}")
+    return calls, train, evaluate
+
+
+def grid_overrides(tmp_path):
+    return [f"run.dir={tmp_path}/g", "train.steps=7", "grid.select=[grpo,mrt]", "grid.seeds=[0,1,2]"]
+
+
+def test_grid_trains_every_member_evaluates_per_seed_and_reports(tmp_path, fakes):
+    calls, train, evaluate = fakes
+    ov = grid_overrides(tmp_path)
+    out = run_grid(load_config(None, ov), None, ov, train, evaluate)
+    assert calls["train"] == [(m, s, 7) for s in (0, 1, 2) for m in ("grpo", "mrt")]  # seeds outer, overrides kept
+    assert calls["eval"] == [(s, ["base", "grpo", "mrt"]) for s in (0, 1, 2)]
+    assert (tmp_path / "g" / "mrt" / "seed2" / "summary.json").is_file()
+    md = (tmp_path / "g" / "grid.md").read_text()
+    # mrt pass@1 over seeds: 70, 71, 72 -> 71.0 +- t(2) * 1 / sqrt(3) = 2.5; paired vs grpo: +10 exactly (CI 0)
+    assert "| mrt | 71.0 ± 2.5 | 20.0 ± 0.0 |" in md
+    assert "| base | 51.0 ± 2.5 | - |" in md
+    grid = json.loads((tmp_path / "g" / "grid.json").read_text())
+    mrt = grid["summary"]["mrt"]
+    assert mrt["vs_baseline"]["accuracy"]["mean"] == pytest.approx(0.10)
+    rel = [(35 + s) / (70 + s) - 1 for s in (0, 1, 2)]  # mrt tokens / grpo tokens - 1, paired by seed
+    assert mrt["vs_baseline"]["tokens_rel"]["mean"] == pytest.approx(sum(rel) / 3)
+    # token efficiency: grpo reaches its own final forced accuracy at 32; mrt reaches it at 32 * ... (interpolated)
+    assert mrt["vs_baseline"]["efficiency"]["mean"] > 1.0
+    assert grid["summary"]["mrt"]["by_difficulty"]["2"]["tokens_mean"]["mean"] == pytest.approx(17.5)
+    for png in ("pareto_ci.png", "tokens_by_difficulty.png", "regret_vs_budget.png"):
+        assert (tmp_path / "g" / png).stat().st_size > 1000
+    assert out["members"]["mrt/seed0"] == "trained"
+
+
+def test_rerun_reuses_members_and_evals(tmp_path, fakes):
+    calls, train, evaluate = fakes
+    ov = grid_overrides(tmp_path)
+    run_grid(load_config(None, ov), None, ov, train, evaluate)
+    n_train, n_eval = len(calls["train"]), len(calls["eval"])
+    out = run_grid(load_config(None, ov), None, ov, train, evaluate)
+    assert len(calls["train"]) == n_train and len(calls["eval"]) == n_eval
+    assert set(out["members"].values()) == {"reused"}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["grid.select=[nope]"], "grid.select names ['nope']"),
+    (["grid.select=[mrt]"], "grid.baseline='grpo' is not among the methods trained"),
+    (["grid.seeds=[1,1]"], "without duplicates"),
+    (["resume=x"], "not a grid option"),
+])
+def test_bad_grids_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_grid(load_config(None, overrides))
