@@ -228,3 +228,51 @@ def test_gradient_checkpointing_gives_the_same_zero3_step(small_cfg, tiny_model)
     assert ckpt["pg_loss"] == pytest.approx(plain["pg_loss"], abs=1e-6)
     assert ckpt["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-5)
     assert max(abs(a - b) for a, b in zip(p0, p1)) < 1e-5
+
+
+def _fake_run(path, algo: str, steps: int, drop_push_at: int | None = None):
+    """A finished run directory as the trainer writes it: config.yaml, metrics.jsonl (initial eval, steps, final
+    eval), summary.json."""
+    import json
+
+    from mrt_ray.config import to_yaml
+
+    cfg = load_config(None, [f"algo={algo}", f"train.steps={steps}", *SHARED[:-1]])
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(to_yaml(cfg))
+    rows = [{"step": -1, "eval/greedy_accuracy": 0.1}]
+    for s in range(steps):
+        row = {"step": s, "generate_seconds": 1.0 + s, "learn_seconds": 0.5, "push_seconds": 0.1, "step_seconds": 2.0,
+               "reward": 0.25, "policy_version": s + 1}
+        if s != drop_push_at:
+            row.update(push_gbps=1.5, push_probe_diff=0.01 * s)
+        rows.append(row)
+    rows.append({"step": steps, "eval/greedy_accuracy": 0.2})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "summary.json").write_text("{}")
+
+
+def test_smoke_report_from_run_directories(tmp_path):
+    """scripts/smoke_report.py: versions, per-stage seconds, push GB/s and probe gaps from the runs' files; PASS when
+    every step pushed, FAIL (exit 1) naming the run and step when one did not."""
+    import json
+
+    _fake_run(tmp_path / "grpo", "grpo", 3)
+    _fake_run(tmp_path / "mrt", "mrt", 3)
+    script = [sys.executable, "scripts/smoke_report.py"]
+    repo = os.path.dirname(os.path.dirname(__file__))
+    ok = subprocess.run([*script, str(tmp_path / "report.md"), str(tmp_path / "grpo"), str(tmp_path / "mrt")],
+                        cwd=repo, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["problems"] == [] and "torch" in report["versions"] and report["versions"]["devices"]
+    grpo = report["runs"][0]
+    assert grpo["algo"] == "grpo" and grpo["steps"] == 3 and grpo["pushes_verified"] == 3
+    assert grpo["stages"]["generate_seconds"] == {"mean": 2.0, "max": 3.0, "min": 1.0}
+    assert grpo["push_gbps"]["mean"] == 1.5 and grpo["probe"]["push_probe_diff"]["max"] == pytest.approx(0.02)
+    assert grpo["layout"]["learner.num_gpus"] == 0.4 and "PASS" in (tmp_path / "report.md").read_text()
+    _fake_run(tmp_path / "bad", "grpo", 3, drop_push_at=1)
+    bad = subprocess.run([*script, str(tmp_path / "bad.md"), str(tmp_path / "bad"), str(tmp_path / "missing")],
+                         cwd=repo, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1
+    assert "steps [1] trained but logged no push" in bad.stdout and "missing: no metrics.jsonl" in bad.stdout
