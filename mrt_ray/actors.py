@@ -52,6 +52,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
+ROLE_NODES = {"learner": "learner", "rollout": "rollout", "estimator": "rollout"}  # role -> node-label value
+
+
 def bundles(cfg: Config, with_estimators: bool) -> dict[str, list[dict]]:
     """Resource bundles per role, straight from config (CPUs and GPUs per actor)."""
     def b(cpus, gpus):
@@ -69,8 +72,25 @@ def bundles(cfg: Config, with_estimators: bool) -> dict[str, list[dict]]:
     return out
 
 
+def shares_gpus(roles: dict[str, list[dict]]) -> bool:
+    """Whether Ray may put two of these bundles' actors on one GPU (a fractional GPU share)."""
+    return any(0 < b.get("GPU", 0) < 1 for bs in roles.values() for b in bs)
+
+
+def weight_backend(roles: dict[str, list[dict]]) -> str:
+    """The weight group's backend for these bundles: NCCL when the learners are on GPUs and no two actors share one
+    (NCCL refuses two ranks of one communicator on one GPU: "Duplicate GPU detected"), else gloo (on GPU: staged
+    through host memory, as torch's gloo broadcast does for CUDA tensors)."""
+    on_gpu = bool(roles.get("learner")) and all(b.get("GPU", 0) for b in roles["learner"])
+    return "nccl" if on_gpu and not shares_gpus(roles) else "gloo"
+
+
 class Placement:
-    """One placement group holding every actor's bundle; `strategy(role, i)` schedules an actor onto its bundle."""
+    """One placement group holding every actor's bundle; `strategy(role, i)` schedules an actor onto its bundle.
+
+    With `ray.role_label` set (e.g. `mrt-role`, the label of the KubeRay groups in cluster/), every bundle carries a
+    label selector: learner bundles go to nodes labelled `<key>=learner`, rollout and estimator bundles (vLLM engines)
+    to nodes labelled `<key>=rollout`. Without it, PACK may put any bundle on any node with room."""
 
     def __init__(self, cfg: Config, with_estimators: bool, roles: tuple[str, ...] | None = None):
         """`roles`: reserve only these roles' bundles (e.g. ("rollout",) for evaluation); None: all of them."""
@@ -84,13 +104,17 @@ class Placement:
         for role, bs in self.roles.items():
             self.offset[role] = len(flat)
             flat.extend(bs)
-        self.pg = placement_group(flat, strategy="PACK")
+        key = cfg.ray.role_label
+        selectors = [{key: ROLE_NODES[role]} for role, bs in self.roles.items() for _ in bs] if key else None
+        self.pg = placement_group(flat, strategy="PACK", bundle_label_selector=selectors)
         ready, _ = ray.wait([self.pg.ready()], timeout=cfg.ray.placement_timeout_s)
         if not ready:
             total = ray.cluster_resources()
+            where = (f" on nodes labelled {sorted({f'{key}={ROLE_NODES[r]}' for r in self.roles})} (ray.role_label)"
+                     if key else "")
             raise RuntimeError(
-                f"could not reserve {flat} within ray.placement_timeout_s={cfg.ray.placement_timeout_s}s; the cluster "
-                f"has {total}. Lower the actors' num_cpus/num_gpus or add nodes."
+                f"could not reserve {flat}{where} within ray.placement_timeout_s={cfg.ray.placement_timeout_s}s; the "
+                f"cluster has {total}. Lower the actors' num_cpus/num_gpus or add nodes."
             )
 
     def strategy(self, role: str, i: int) -> PlacementGroupSchedulingStrategy:
@@ -114,22 +138,22 @@ class Placement:
         return ray.get(_node_address.options(num_cpus=0, scheduling_strategy=self.strategy(role, i)).remote())
 
 
-def wait_ready(actor, name: str, timeout_s: float) -> dict:
-    """`actor.ready()`, waiting while Ray restarts the actor (calls to a restarting actor fail at once with
-    ActorUnavailableError, since max_task_retries=0). An actor out of restarts, or not back within `timeout_s`, is an
-    error naming it."""
+def wait_ready(actor, name: str, timeout_s: float, key: str) -> dict:
+    """`actor.ready()`, waiting while the actor starts or Ray restarts it (calls to a restarting actor fail at once
+    with ActorUnavailableError, since max_task_retries=0). An actor out of restarts, or not up within `timeout_s`
+    (the config key `key`), is an error naming it."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
         except ray.exceptions.ActorUnavailableError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not come back from a restart within {timeout_s:g}s") from None
+                raise RuntimeError(f"{name} did not come back from a restart within {key}={timeout_s:g}s") from None
             time.sleep(0.5)
         except ray.exceptions.RayActorError as e:
             raise RuntimeError(f"{name} died and Ray did not restart it (its max_restarts are used up): {e}") from e
         except ray.exceptions.GetTimeoutError:
-            raise RuntimeError(f"{name} did not answer ready() within {timeout_s:g}s") from None
+            raise RuntimeError(f"{name} did not start within {key}={timeout_s:g}s") from None
 
 
 def stop(actors: list) -> None:

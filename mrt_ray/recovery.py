@@ -44,7 +44,8 @@ class Rearming:
                                f"({lost.cause})") from lost
         if self.sync.version is None:
             raise RuntimeError(f"{lost}; no weights were pushed yet to re-arm a restarted worker with") from lost
-        info = wait_ready(self.pool.workers[chunk.worker], name, self.sync.timeout_s)
+        info = wait_ready(self.pool.workers[chunk.worker], name, self.sync.startup_timeout_s,
+                          "rollout.startup_timeout_s")
         log.warning("%s lost (%s); restarted as pid %s; pushing policy version %s and re-running its %d requests",
                     name, lost.cause, info["pid"], self.sync.version, len(chunk.requests))
         self.sync.push(self.sync.version)  # finds the new process, rebuilds the weight group, verifies

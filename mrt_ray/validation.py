@@ -33,9 +33,44 @@ def registry_errors(cfg: Config) -> list[str]:
     return errors
 
 
+def gpu_errors(cfg: Config) -> list[str]:
+    """The GPU layout: every role on CPU or every role on GPU; an engine's bundle holds exactly its
+    tensor_parallel_size GPUs; a GPU share (num_gpus < 1: Ray puts several actors on one GPU) only where nothing
+    needs NCCL between ranks on that GPU (one learner rank, TP=1 engines) and with vLLM's memory inside the share."""
+    errors, tp, lg = [], cfg.rollout.tensor_parallel_size, cfg.learner.num_gpus
+    engines = [("rollout", cfg.rollout.num_gpus)]
+    if uses_estimator(cfg):
+        engines.append(("progress", cfg.progress.num_gpus))
+    for key, g in engines:
+        if lg and not g:
+            errors.append(f"learner.num_gpus={lg:g} puts the learners on GPU but {key}.num_gpus=0 starts its engines "
+                          f"without one; give them GPUs ({key}.num_gpus={tp}) or keep every role on CPU")
+        elif g and not lg:
+            errors.append(f"{key}.num_gpus={g:g} but learner.num_gpus=0: the weight push needs every role on GPU "
+                          f"(learner.num_gpus=1) or every role on CPU")
+        if g >= 1 and g != tp:
+            errors.append(f"{key}.num_gpus={g:g} must equal rollout.tensor_parallel_size={tp}: an engine's GPUs are "
+                          f"all in its worker's bundle")
+        elif 0 < g < 1 and tp > 1:
+            errors.append(f"{key}.num_gpus={g:g} shares a GPU, but a rollout.tensor_parallel_size={tp} engine needs "
+                          f"{tp} whole GPUs")
+        elif 0 < g < 1 and cfg.rollout.backend == "vllm" and cfg.rollout.gpu_memory_utilization > g:
+            errors.append(f"rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization:g} exceeds the GPU "
+                          f"share {key}.num_gpus={g:g} of each engine")
+    if lg > 1 or (lg >= 1 and lg != int(lg)):
+        errors.append(f"learner.num_gpus={lg:g}: a DeepSpeed rank drives one GPU; use 1 (or 0 for CPU)")
+    elif 0 < lg < 1 and cfg.learner.num_ranks > 1:
+        errors.append(f"learner.num_gpus={lg:g} shares a GPU, which needs learner.num_ranks=1: NCCL refuses two ranks "
+                      f"of the DeepSpeed world on one GPU")
+    if tp > 1 and cfg.rollout.backend != "vllm":
+        errors.append(f"rollout.tensor_parallel_size={tp} needs rollout.backend=vllm (the hf engine runs on one "
+                      f"device)")
+    return errors
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible combinations with one clear message, before anything starts."""
-    errors = registry_errors(cfg)
+    errors = registry_errors(cfg) + gpu_errors(cfg)
     if cfg.algo.advantage in ("grpo", "rloo", "drgrpo") and cfg.rollout.n_samples < 2:
         errors.append(f"algo.advantage={cfg.algo.advantage} needs rollout.n_samples >= 2 (a group baseline)")
     if cfg.train.async_rollout and uses_estimator(cfg):

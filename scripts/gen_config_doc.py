@@ -59,7 +59,8 @@ MEANINGS: dict[str, str] = {
     "bootstrap.warmup": "warm-up steps",
     "bootstrap.threads": "torch threads for the SFT (not part of the cache key)",
     "rollout.num_workers": "rollout workers (one inference engine each); requests are split evenly",
-    "rollout.tensor_parallel_size": "vLLM tensor-parallel size per engine (GPU)",
+    "rollout.tensor_parallel_size": "vLLM tensor-parallel size per engine (GPU): its GPUs sit in the worker's one "
+                                    "bundle and > 1 runs vLLM's multiprocessing executor inside the actor",
     "rollout.threads": "OMP/torch threads per rollout and estimator worker",
     "rollout.n_samples": "samples per prompt (the group of GRPO/RLOO/Dr.GRPO and of the length penalty)",
     "rollout.temperature": "sampling temperature; the learner divides its logits by it to score the same "
@@ -71,7 +72,9 @@ MEANINGS: dict[str, str] = {
     "rollout.enforce_eager": "vLLM without CUDA graphs / compilation (fast start)",
     "learner.num_ranks": "DeepSpeed ranks (one Learner actor each)",
     "learner.num_cpus": "Ray CPUs per rank",
-    "learner.num_gpus": "Ray GPUs per rank; 0 sets DS_ACCELERATOR=cpu, > 0 makes the weight push use NCCL",
+    "learner.num_gpus": "Ray GPUs per rank: 0 (CPU, DS_ACCELERATOR=cpu) or 1; a share < 1 (one GPU shared with "
+                        "the engines) only with learner.num_ranks=1. > 0 makes the weight push use NCCL, or gloo "
+                        "when a GPU is shared",
     "learner.threads": "OMP/torch threads per rank",
     "learner.zero_stage": "DeepSpeed ZeRO stage",
     "learner.lr": "AdamW learning rate",
@@ -88,7 +91,8 @@ MEANINGS: dict[str, str] = {
     "progress.num_workers": "estimator workers (RolloutWorkers sampling forced answers, with the rollout.* engine "
                             "settings); methods that estimate (mrt, star) only",
     "progress.num_cpus": "Ray CPUs per estimator worker",
-    "progress.num_gpus": "Ray GPUs per estimator worker",
+    "progress.num_gpus": "Ray GPUs per estimator worker: 0 (CPU), rollout.tensor_parallel_size, or a share < 1 "
+                         "at TP=1",
     "progress.adaptive": "sample in rounds and stop a prefix early (all outcomes equal, or Wilson half-width "
                          "below half_width)",
     "progress.temperature": "sampling temperature of the forced answers",

@@ -184,3 +184,35 @@ def test_dry_run_rejects_an_unknown_key_in_the_entrypoint() -> None:
     proc = dry_run([*entry_overrides(), "rollout.num_gpu=1"])
     assert proc.returncode != 0
     assert "rollout.num_gpu" in proc.stdout + proc.stderr
+
+
+def test_rayjob_pins_roles_to_their_labelled_groups_and_checkpoints_activations() -> None:
+    """ray.role_label names the Ray node label that each worker group carries (`labels`), with the values mrt-ray's
+    placement selects (actors.ROLE_NODES); 8192-token sequences of a 7B model need gradient checkpointing."""
+    from mrt_ray.actors import ROLE_NODES
+
+    cfg = dict(o.split("=", 1) for o in entry_overrides())
+    key = cfg["ray.role_label"]
+    labels = {g["groupName"]: g["labels"].get(key) for g in cluster_spec("RayJob")["workerGroupSpecs"]}
+    assert set(ROLE_NODES.values()) <= set(labels.values()), (key, labels)
+    assert cfg["learner.gradient_checkpointing"] == "true" and int(cfg["rollout.max_new_tokens"]) >= 8192
+
+
+def test_smoke_rayjob_runs_the_gpu_smoke_on_a_gpu_pod() -> None:
+    """cluster/smoke-rayjob.yaml: valid for the RayJob CRD; its entrypoint runs scripts/gpu_smoke.sh on a GPU pod
+    (one GPU for the entrypoint's gpu tests, the others for the two runs) and writes to the shared volume."""
+    doc = _load(CLUSTER / "smoke-rayjob.yaml")
+    errors = sorted(jsonschema.Draft202012Validator(crd_schema("RayJob")).iter_errors(doc), key=str)
+    assert not errors, [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+    spec = doc["spec"]
+    assert "scripts/gpu_smoke.sh" in spec["entrypoint"] and (REPO / "scripts" / "gpu_smoke.sh").is_file()
+    assert "MRT_SMOKE_OUT=" + SHARED_MOUNT + "/" in spec["entrypoint"]
+    assert spec["entrypointNumGpus"] == 1 and spec["submissionMode"] == "HTTPMode"
+    groups = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert max(g["replicas"] * gpus(g["template"]["spec"]) for g in groups) >= 2
+    pods = [spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in groups]
+    for pod in pods:
+        claims = {v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName")
+                  == "mrt-ray-shared"}
+        assert [m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"] if m["name"] in claims] \
+            == [SHARED_MOUNT]

