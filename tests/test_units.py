@@ -69,14 +69,14 @@ def test_pool_raises_worker_lost_for_a_dead_worker_or_a_stale_version():
 
 class FakeSync:
     def __init__(self):
-        self.version, self.timeout_s, self.pushes = 5, 10.0, 0
+        self.version, self.timeout_s, self.startup_timeout_s, self.pushes = 5, 10.0, 60.0, 0
 
     def push(self, version):
         self.pushes += 1
 
 
 def test_rearming_pushes_and_reruns_only_the_lost_chunk(monkeypatch):
-    monkeypatch.setattr("mrt_ray.recovery.wait_ready", lambda actor, name, timeout: {"pid": 7})
+    monkeypatch.setattr("mrt_ray.recovery.wait_ready", lambda actor, name, timeout, key: {"pid": 7})
     workers = [FakeWorker(0), FakeWorker(1)]
     for w in workers:
         w.version = 5
@@ -90,7 +90,7 @@ def test_rearming_pushes_and_reruns_only_the_lost_chunk(monkeypatch):
 
 
 def test_rearming_gives_up_when_a_rerun_is_lost_again(monkeypatch):
-    monkeypatch.setattr("mrt_ray.recovery.wait_ready", lambda actor, name, timeout: {"pid": 7})
+    monkeypatch.setattr("mrt_ray.recovery.wait_ready", lambda actor, name, timeout, key: {"pid": 7})
     workers = [FakeWorker(0)]
     workers[0].dies = 2
     pool = Rearming(RolloutPool(workers, get=fake_get), FakeSync())
