@@ -106,9 +106,9 @@ class Placement:
         """Free the reserved bundles (kill the actors on them first)."""
         ray.util.remove_placement_group(self.pg)
 
-    def node_address(self, role: str, i: int) -> tuple[str, int]:
-        """IP of the node holding bundle (role, i) and a free port there (for a TCPStore rendezvous)."""
-        return ray.get(_node_address.options(num_cpus=0, scheduling_strategy=self.strategy(role, i)).remote())
+    def node_ip(self, role: str, i: int) -> str:
+        """IP of the node holding bundle (role, i) (where a rendezvous store of that actor listens)."""
+        return ray.get(_node_ip.options(num_cpus=0, scheduling_strategy=self.strategy(role, i)).remote())
 
 
 def wait_ready(actor, name: str, timeout_s: float) -> dict:
@@ -136,8 +136,5 @@ def stop(actors: list) -> None:
 
 
 @ray.remote
-def _node_address() -> tuple[str, int]:
-    from mrt_ray.utils import free_port
-
-    ip = ray.util.get_node_ip_address()
-    return ip, free_port(ip)
+def _node_ip() -> str:
+    return ray.util.get_node_ip_address()

@@ -78,7 +78,7 @@ class Trainer:
         probe_ids = self.source.encode(self.source.eval[0].prompt + "0123456789 Wait, let me check.")
         tol = 1e-3 if cfg.model.dtype == "float32" else 5e-2
         self.sync = WeightSync(self.learners, self.workers + (self.estimator.workers if self.estimator else []),
-                               self.placement, probe_ids, local, cfg.learner.collective_timeout_s, tol)
+                               self.placement, probe_ids, cfg.learner.collective_timeout_s, tol)
         self.pool.guard(self.sync, "rollout")  # a restarted worker is re-armed with the current weights and re-run
         if self.estimator is not None:
             self.estimator.pool.guard(self.sync, "estimator")

@@ -1,4 +1,4 @@
-"""Small shared helpers: seeding, atomic directory writes, free ports, thread limits."""
+"""Small shared helpers: seeding and RNG state, atomic directory writes, free ports, thread limits."""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +19,30 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """This process's RNG states (python, numpy, torch CPU and CUDA) as plain values and tensors (no pickle needed)."""
+    import numpy as np
+    import torch
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
+    import numpy as np
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @contextlib.contextmanager
@@ -43,10 +67,43 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
         raise
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+LOOPBACK = "127.0.0.1"
+
+
+def listen_socket(host: str) -> socket.socket:
+    """A TCP socket bound to `host`, port 0, and listening: the kernel picks a free port, and it stays this socket's,
+    so no other process can take it before the server that needs it starts. Hand the socket to that server (torch's
+    TCPStore takes it as `master_listen_fd=sock.detach()`), and tell the peers `sock.getsockname()[1]`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, 0))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port that was free a moment ago. Racy by nature (another process may bind it before the caller's program
+    does): use it only for programs that bind the port themselves (Ray's dashboard, `ray start`), and retry with a
+    new port when they fail with "address already in use". Servers of our own take a `listen_socket` instead."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def gloo_on_loopback(host: str) -> None:
+    """Before a gloo group is made whose rendezvous `host` is loopback (all members on this machine): make gloo's
+    pairs listen on the loopback interface too (GLOO_SOCKET_IFNAME), not on the address the hostname resolves to."""
+    if is_loopback(host):
+        names = {name for _, name in socket.if_nameindex()}
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", next((n for n in ("lo", "lo0") if n in names), "lo"))
 
 
 def limit_threads(n: int) -> None:

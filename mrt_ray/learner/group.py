@@ -10,20 +10,23 @@ from mrt_ray.algos.losses import StepNorm
 from mrt_ray.config import Config
 from mrt_ray.learner.actor import Learner
 from mrt_ray.trajectory import Trajectory
+from mrt_ray.utils import LOOPBACK
 
 
 class LearnerGroup:
     def __init__(self, cfg: Config, placement: Placement, model_path: str, local: bool):
         self.cfg = cfg
         n = cfg.learner.num_ranks
-        ip, port = placement.node_address("learner", 0)
-        ip = "127.0.0.1" if local else ip  # a local run rendezvouses on loopback only
         self.actors = [
-            placement.actor(Learner, "learner", r, cfg, model_path, r, n, ip, port, threads=cfg.learner.threads,
+            placement.actor(Learner, "learner", r, cfg, model_path, r, n, threads=cfg.learner.threads,
                             env={"DS_ACCELERATOR": "cpu"} if not cfg.learner.num_gpus else None)
             for r in range(n)
         ]
-        self.call("pid")  # surfaces a failed start (with the rank) before training begins
+        # the rendezvous: loopback for a local run, else the address of rank 0's node; rank 0 binds its port first
+        self.host = LOOPBACK if local else placement.node_ip("learner", 0)
+        port = self._gather([self.actors[0].listen.remote(self.host, "learners")], "listen",
+                            cfg.learner.collective_timeout_s)[0]
+        self.call("start", self.host, port)  # surfaces a failed start (with the rank) before training begins
 
     def call(self, method: str, *args) -> list:
         """Run `method` on every rank and wait; a dead rank is an error naming it."""
