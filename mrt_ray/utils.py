@@ -106,6 +106,17 @@ def gloo_on_loopback(host: str) -> None:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", next((n for n in ("lo", "lo0") if n in names), "lo"))
 
 
+def limit_memory(mb: str | int, name: str) -> None:
+    """Cap this process's address space at `mb` MiB (RLIMIT_AS; "0": no cap): an allocation beyond it raises
+    MemoryError. `name` is the setting's name, for the error on a bad value."""
+    import resource
+
+    if not str(mb).isdigit():
+        raise ValueError(f"{name}={mb!r} must be a whole number of MiB (0: no cap)")
+    if int(mb):
+        resource.setrlimit(resource.RLIMIT_AS, (int(mb) << 20, int(mb) << 20))
+
+
 def limit_threads(n: int) -> None:
     """Cap intra-op threads of this process (set before heavy libraries start their pools where possible)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

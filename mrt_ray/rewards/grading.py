@@ -12,7 +12,9 @@ Calls block the calling thread (at most `timeout` seconds per answer once a work
 grade with `await asyncio.to_thread(math_equal, ...)` to keep its event loop responsive. Each process that grades has
 its own pool (~60-80 MB per worker).
 
-Pool size: `MRT_RAY_GRADER_WORKERS` (default min(4, max(2, cpu_count))), read when the pool is first used.
+Pool size: `MRT_RAY_GRADER_WORKERS` (default min(4, max(2, cpu_count))), read when the pool is first used. Memory:
+each worker's address space is capped at `MRT_RAY_GRADER_MEMORY_MB` (default 2048; 0: no cap), read when it starts;
+an answer that needs more scores False (MemoryError, counted as an error) and the worker goes on.
 """
 from __future__ import annotations
 

@@ -3,7 +3,9 @@
 It talks over the `multiprocessing.connection.Connection` on file descriptor FD: it sends ("ready", None) once
 math-verify is imported and warmed up, then answers each (gold, prediction) pair of extracted answers with
 ("ok", bool) or ("error", message). math-verify's own SIGALRM timeouts are off: the parent enforces the timeout by
-killing this process. It exits when the parent closes the connection, and on Linux is SIGKILLed when the parent's
+killing this process. Its address space is capped at MRT_RAY_GRADER_MEMORY_MB (default 2048): an answer whose
+comparison needs more (e.g. expanding `(x+1)^{100000}`) fails with MemoryError, reported as an error, instead of
+eating the host's memory until the timeout. It exits when the parent closes the connection, and on Linux is SIGKILLed when the parent's
 spawning thread dies (PR_SET_PDEATHSIG: also mid-comparison, when a huge integer power holds the GIL).
 """
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import signal
 import sys
 from multiprocessing.connection import Connection
+
+from mrt_ray.utils import limit_memory
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -28,6 +32,7 @@ def _die_with_parent(ppid: int) -> None:
 
 def main(fd: int, ppid: int) -> None:
     _die_with_parent(ppid)
+    limit_memory(os.environ.get("MRT_RAY_GRADER_MEMORY_MB", "2048"), "MRT_RAY_GRADER_MEMORY_MB")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us at exit
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
