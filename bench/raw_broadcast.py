@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mrt_ray.utils import free_port
+from mrt_ray.utils import LOOPBACK, listen_socket
 from mrt_ray.weight_sync.group import create_group
 
 
@@ -18,9 +18,14 @@ def _sync(pg) -> None:
     pg.allreduce([torch.zeros(1)]).wait()
 
 
-def _member(rank: int, port: int, metas: list[tuple], reps: int, threads: int, out) -> None:
+def _member(rank: int, ports, metas: list[tuple], reps: int, threads: int, out) -> None:
     torch.set_num_threads(threads)
-    group = create_group("gloo", "127.0.0.1", port, rank, 2, timeout_s=300.0)
+    if rank == 0:  # hosts the store on a socket it bound itself (no port race); tells rank 1 the port
+        sock = listen_socket(LOOPBACK)
+        ports.put(sock.getsockname()[1])
+        group = create_group("gloo", LOOPBACK, sock.getsockname()[1], 0, 2, 300.0, listen_fd=sock.detach())
+    else:
+        group = create_group("gloo", LOOPBACK, ports.get(timeout=300), 1, 2, 300.0)
     # metas: (name, shape, dtype) as the learner reports them (WeightSync.metas)
     tensors = [torch.empty(shape, dtype=getattr(torch, dtype)) for _, shape, dtype in metas]
     if rank == 0:
@@ -46,9 +51,8 @@ def raw_broadcast_seconds(metas: list[tuple], reps: int = 10, threads: int = 1,
     if reps < 1:
         raise ValueError(f"reps={reps} must be >= 1")
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_member, args=(r, port, metas, reps, threads, out), daemon=True) for r in (0, 1)]
+    out, ports = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_member, args=(r, ports, metas, reps, threads, out), daemon=True) for r in (0, 1)]
     for p in procs:
         p.start()
     try:

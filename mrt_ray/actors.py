@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
+from pathlib import Path
 
 import ray
 from ray.util.placement_group import placement_group
@@ -19,7 +21,7 @@ log = logging.getLogger("mrt_ray")
 
 def init_ray(cfg: Config) -> None:
     """Join `ray.address` / RAY_ADDRESS when given (e.g. under `ray job submit`), else start a local cluster whose
-    dashboard listens on 127.0.0.1 only."""
+    dashboard listens on 127.0.0.1 only, with token authentication (`private_auth_token`)."""
     if ray.is_initialized():
         return
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "VLLM_LOGGING_LEVEL": "WARNING"}}
@@ -27,6 +29,7 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
+        private_auth_token()
         port = cfg.ray.dashboard_port
         for attempt in range(3):
             if not _port_free(port):  # another local Ray (or anything else) holds it: take a free one, say which
@@ -41,6 +44,28 @@ def init_ray(cfg: Config) -> None:
                 if "dashboard" not in str(e) or attempt == 2:
                     raise
                 port = free_port()
+
+
+def private_auth_token() -> None:
+    """Token authentication for a local cluster, explicitly. Ray 2.60 turns it on by default for a new local
+    `ray.init()` (every gRPC and dashboard request must carry the token) and logs a warning saying so at every start;
+    RAY_AUTH_MODE=token keeps it on and the console quiet (a user's RAY_AUTH_MODE is kept). The token is the file
+    ~/.ray/auth_token unless RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH name another; Ray writes that file readable by every
+    local user (mode 0644), which would let any of them drive the cluster, so it is created, or narrowed, to 0600."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] != "token" or os.environ.get("RAY_AUTH_TOKEN") or \
+            os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = Path.home() / ".ray" / "auth_token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # created private, in one step, the way Ray makes its tokens (256 random bits, hex)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
 
 
 def _port_free(port: int) -> bool:
@@ -133,9 +158,9 @@ class Placement:
         """Free the reserved bundles (kill the actors on them first)."""
         ray.util.remove_placement_group(self.pg)
 
-    def node_address(self, role: str, i: int) -> tuple[str, int]:
-        """IP of the node holding bundle (role, i) and a free port there (for a TCPStore rendezvous)."""
-        return ray.get(_node_address.options(num_cpus=0, scheduling_strategy=self.strategy(role, i)).remote())
+    def node_ip(self, role: str, i: int) -> str:
+        """IP of the node holding bundle (role, i) (where a rendezvous store of that actor listens)."""
+        return ray.get(_node_ip.options(num_cpus=0, scheduling_strategy=self.strategy(role, i)).remote())
 
 
 def wait_ready(actor, name: str, timeout_s: float, key: str) -> dict:
@@ -163,8 +188,5 @@ def stop(actors: list) -> None:
 
 
 @ray.remote
-def _node_address() -> tuple[str, int]:
-    from mrt_ray.utils import free_port
-
-    ip = ray.util.get_node_ip_address()
-    return ip, free_port(ip)
+def _node_ip() -> str:
+    return ray.util.get_node_ip_address()

@@ -1,4 +1,4 @@
-"""Small shared helpers: seeding, timing, atomic directory writes, free ports, run directories."""
+"""Small shared helpers: seeding and RNG state, timing, atomic directory writes, ports, thread and memory limits."""
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +20,32 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """This process's RNG states (python, numpy, torch CPU and CUDA) as plain values and tensors (no pickle needed)."""
+    import numpy as np
+    import torch
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
+    import numpy as np
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @contextlib.contextmanager
@@ -54,10 +80,63 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
         raise
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+LOOPBACK = "127.0.0.1"
+
+
+def listen_socket(host: str) -> socket.socket:
+    """A TCP socket bound to `host`, port 0, and listening: the kernel picks a free port, and it stays this socket's,
+    so no other process can take it before the server that needs it starts. Hand the socket to that server (torch's
+    TCPStore takes it as `master_listen_fd=sock.detach()`), and tell the peers `sock.getsockname()[1]`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, 0))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port that was free a moment ago. Racy by nature (another process may bind it before the caller's program
+    does): use it only for programs that bind the port themselves (Ray's dashboard, `ray start`), and retry with a
+    new port when they fail with "address already in use". Servers of our own take a `listen_socket` instead."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def gloo_on_loopback(host: str) -> None:
+    """Before a gloo group is made whose rendezvous `host` is loopback (all members on this machine): make gloo's
+    pairs listen on the loopback interface too (GLOO_SOCKET_IFNAME), not on the address the hostname resolves to."""
+    if is_loopback(host):
+        names = {name for _, name in socket.if_nameindex()}
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", next((n for n in ("lo", "lo0") if n in names), "lo"))
+
+
+def limit_memory(mb: str | int, name: str) -> None:
+    """Cap this process's address space at `mb` MiB (RLIMIT_AS; "0": no cap): an allocation beyond it raises
+    MemoryError. `name` is the setting's name, for the error on a bad value."""
+    import resource
+
+    if not str(mb).isdigit():
+        raise ValueError(f"{name}={mb!r} must be a whole number of MiB (0: no cap)")
+    if int(mb):
+        resource.setrlimit(resource.RLIMIT_AS, (int(mb) << 20, int(mb) << 20))
+
+
+def limit_threads(n: int) -> None:
+    """Cap intra-op threads of this process (set before heavy libraries start their pools where possible)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def new_run_dir(path: str, name: str, marker: str, hint: str) -> Path:

@@ -160,7 +160,7 @@ def test_tensor_parallel_engine_inside_a_placement_group_bundle(small_cfg, tiny_
     worker = placement.actor(RolloutWorker, "rollout", 0, cfg, tiny_model, 0)
     try:
         probe = list(range(3, 40))
-        sync = WeightSync(learners, [worker], placement, probe, True, 120.0, 1e-4, 600.0)
+        sync = WeightSync(learners, [worker], placement, probe, 120.0, 1e-4, 600.0)
         assert ray.get(worker.ready.remote())["group_size"] == 2
         stats = sync.push(1)
         assert stats["push_probe_diff"] < 1e-4

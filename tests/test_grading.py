@@ -118,6 +118,34 @@ def test_pathological_times_out_and_pool_survives() -> None:
     assert math_equal_batch(["\\boxed{1}"] * 6, ["1"] * 6) == [True] * 6
 
 
+MEMORY_EATER = "\\boxed{(x+1)^{100000}}"  # sympy expands it: ~600 MB of binomial coefficients, growing for minutes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_memory_eater_is_capped_scores_zero_and_pool_survives(monkeypatch) -> None:
+    """An answer whose comparison eats memory runs into the grading worker's cap (MRT_RAY_GRADER_MEMORY_MB, here
+    300): it scores False within its timeout, the worker's peak memory stayed under the cap, and the pool grades on.
+    Slow on a loaded machine (the expansion needs tens of CPU-seconds to reach the cap), so `slow`."""
+    from mrt_ray.rewards import shutdown_grading_pool
+
+    shutdown_grading_pool()  # a fresh pool that reads the settings below
+    monkeypatch.setenv("MRT_RAY_GRADER_MEMORY_MB", "300")
+    monkeypatch.setenv("MRT_RAY_GRADER_WORKERS", "1")
+    try:
+        assert math_equal("\\boxed{1}", "1") is True
+        [pid] = _worker_pids()
+        before = grading_stats()
+        assert math_equal(MEMORY_EATER, "1", timeout=600.0) is False
+        peak_kib = next(int(ln.split()[1]) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                        if ln.startswith("VmHWM:"))
+        assert peak_kib <= 300 * 1024, peak_kib
+        assert _delta(before)["timeouts"] == 0  # the cap ended it, not the timeout
+        assert math_equal("\\boxed{\\frac{2}{4}}", "0.5") is True
+    finally:
+        shutdown_grading_pool()
+
+
 def _worker_pids() -> list[int]:
     """Live grading workers of this process (Linux /proc)."""
     pids = []

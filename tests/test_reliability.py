@@ -211,6 +211,109 @@ def test_dead_learner_rank_is_a_clear_error(small_cfg, tiny_model):
         placement.remove()
 
 
+def _listeners(root: psutil.Process) -> dict[str, str]:
+    """Every listening TCP socket of `root` and the processes under it: {"ip:port": process name}."""
+    out = {}
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            conns, name = p.net_connections(kind="inet"), " ".join(p.cmdline()[:2])[-60:]
+        except psutil.Error:  # ended meanwhile
+            continue
+        out.update({f"{c.laddr.ip}:{c.laddr.port}": name for c in conns if c.status == psutil.CONN_LISTEN})
+    return out
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.stack
+@pytest.mark.slow
+def test_learner_killed_mid_run_then_resumed_from_the_last_intact_checkpoint(uninterrupted, tiny_model, tmp_path,
+                                                                              caplog):
+    """A run that checkpoints every step. Right after step 2's checkpoint, while every actor is up, the job's
+    processes (this driver, Ray's GCS, raylet, dashboard and agents, the learners, the rollout worker) listen on
+    127.0.0.1 only; then learner rank 1 is SIGKILLed. Step 3 ends the run with an error naming the rank and how to
+    resume (no hang). Step 2's checkpoint is then damaged (a byte of rank 0's optimizer shard flipped): resuming warns,
+    names the file, falls back to step 1's checkpoint, and steps 2-3, the final evaluation and the final weights
+    equal the uninterrupted run's bit for bit."""
+    import logging
+
+    from mrt_ray.trainer import Trainer
+
+    class KillLearnerAfterStep2(Trainer):
+        listening: dict[str, str] = {}
+
+        def _save(self, step: int) -> Path:
+            path = super()._save(step)
+            if step == 2:
+                self.listening = _listeners(psutil.Process())
+                os.kill(self.learners.call("pid")[1], signal.SIGKILL)
+            return path
+
+    run_dir = tmp_path / "run"
+    trainer = KillLearnerAfterStep2(_cfg(tiny_model, run_dir, "train.save_every=1"))
+    with pytest.raises(RuntimeError, match=r"(?s)learner rank 1 died during train_step.*resume=<run dir>"):
+        trainer.run()
+    exposed = {a: p for a, p in trainer.listening.items() if not a.startswith("127.0.0.1:")}
+    assert len(trainer.listening) > 5 and not exposed, exposed  # none on 0.0.0.0, ::, or a network address
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_000002"
+
+    shard = "ds/state/zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    _flip_byte(run_dir / "checkpoints" / "step_000002" / shard)
+    with caplog.at_level(logging.WARNING, logger="mrt_ray"):
+        Trainer(_cfg(tiny_model, run_dir, f"resume={run_dir}")).run()
+    warned = [r.getMessage() for r in caplog.records if r.name == "mrt_ray"]
+    assert any(f"step_000002/{shard} is corrupted" in w and "previous intact checkpoint step_000001" in w
+               for w in warned), warned
+    a, b = _rows(uninterrupted), _rows(run_dir)
+    assert sorted(b) == sorted(a)
+    for step in range(N_STEPS):  # 0-1 from the first process, 2-3 recomputed after the resume
+        assert {k: b[step][k] for k in COMPARED} == {k: a[step][k] for k in COMPARED}, step
+    evals = [k for k in a[N_STEPS] if k.startswith("eval/") and isinstance(a[N_STEPS][k], (int, float))]
+    assert evals and {k: b[N_STEPS][k] for k in evals} == {k: a[N_STEPS][k] for k in evals}
+    wa, wb = _final_weights(uninterrupted), _final_weights(run_dir)
+    assert sorted(wa) == sorted(wb) and all(wa[n].equal(wb[n]) for n in wa)
+
+
+@pytest.mark.stack
+def test_a_real_checkpoint_holds_no_pickle_and_a_planted_one_never_runs(uninterrupted, tmp_path):
+    """Every file of a real run's checkpoints is JSON/text, safetensors, or an mrt-ray state file, and each
+    checkpoint verifies against its manifest. A malicious torch.save pickle put in place of a DeepSpeed state file,
+    manifest rewritten to match, stops `resume=` before anything starts, and never runs."""
+    import shutil
+
+    import torch
+
+    from mrt_ray import checkpoint
+    from mrt_ray.config import load_config
+    from mrt_ray.trainer import Trainer
+
+    ckpts = sorted((uninterrupted / "checkpoints").glob("step_*"))
+    assert [c.name for c in ckpts] == ["step_000001", "step_000003"]
+    for ck in ckpts:
+        checkpoint.verify(ck)
+        names = sorted(p.relative_to(ck).as_posix() for p in ck.rglob("*") if p.is_file())
+        assert "manifest.json" in names and "ds/rng_rank_1.safetensors" in names, names
+        assert all(n.endswith((".json", ".safetensors", ".pt", ".txt", ".jinja")) or n in ("ds/latest",)
+                   for n in names), names
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pickle_ran'}",))
+
+    planted = tmp_path / "planted"
+    shutil.copytree(uninterrupted, planted)
+    ck = planted / "checkpoints" / "step_000003"
+    torch.save({"module": Payload()}, ck / "ds" / "state" / "mp_rank_00_model_states.pt")
+    checkpoint.write_manifest(ck)
+    with pytest.raises(checkpoint.UnsafeCheckpointError, match="mp_rank_00_model_states.pt is a pickle"):
+        Trainer(load_config(None, [f"resume={planted}"]))
+    assert not (tmp_path / "pickle_ran").exists()
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_non_finite_steps_are_skipped_then_stop_the_run(small_cfg):
     """A reward of NaN makes every loss non-finite: step 0 is skipped and counted (no update, no push), and the

@@ -137,7 +137,7 @@ def test_push_reaches_rollout_worker(small_cfg, tiny_model, backend):
     learners = LearnerGroup(cfg, placement, tiny_model, local=True)
     worker = placement.actor(RolloutWorker, "rollout", 0, cfg, tiny_model, 0)
     try:
-        sync = WeightSync(learners, [worker], placement, probe, True, 60.0, 1e-4, 600.0)
+        sync = WeightSync(learners, [worker], placement, probe, 60.0, 1e-4, 600.0)
         assert sync.probe() < 1e-4  # same initial weights
         learners.train(trajs)
         learner_lp = learners.call("probe_logprobs", probe)[0]

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from mrt_ray import safe_state
 from mrt_ray.algos.logprobs import gather_logprobs
 from mrt_ray.algos.losses import StepNorm
 from mrt_ray.config import Config
 from mrt_ray.learner import ds
 from mrt_ray.learner.objective import microbatch_loss, policy_logprobs, ref_logprobs
 from mrt_ray.models import load_causal_lm, load_tokenizer
+from mrt_ray.utils import listen_socket, rng_state, set_rng_state
 from mrt_ray.weight_sync.group import create_group, send_tensors
 
 
@@ -45,11 +49,30 @@ def collate(shard: dict, pad_id: int, device) -> dict[str, torch.Tensor]:
 
 
 class Learner:
-    def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int, master_addr: str, master_port: int):
+    """Made in two steps, so that rank 0 can host the rendezvous on a port nobody else can take: construct every
+    rank, ask rank 0 to `listen` on the rendezvous address, then `start` every rank with that port."""
+
+    def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int):
         torch.set_num_threads(cfg.learner.threads)
-        self.cfg, self.rank, self.world = cfg, rank, world_size
-        self.backend = ds.init_distributed(rank, world_size, master_addr, master_port,
-                                           cfg.learner.collective_timeout_s)
+        self.cfg, self.model_path, self.rank, self.world = cfg, model_path, rank, world_size
+        self._listening: dict[str, socket.socket] = {}  # rank 0: sockets bound for a store, by purpose
+
+    def listen(self, host: str, purpose: str) -> int:
+        """Rank 0: bind a socket on `host` (port 0) for the store of `purpose` ("learners": the DeepSpeed world,
+        "weights": the weight group); the store takes it over. Returns its port."""
+        sock = listen_socket(host)
+        self._listening[purpose] = sock
+        return sock.getsockname()[1]
+
+    def _listen_fd(self, purpose: str) -> int | None:
+        return self._listening.pop(purpose).detach() if self.rank == 0 else None
+
+    def start(self, master_addr: str, master_port: int) -> None:
+        """Join the DeepSpeed world (rank 0 hosts its store on the socket from `listen`), load the model, build the
+        engine."""
+        cfg, model_path = self.cfg, self.model_path
+        self.backend = ds.init_distributed(self.rank, self.world, master_addr, master_port,
+                                           cfg.learner.collective_timeout_s, self._listen_fd("learners"))
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         torch.manual_seed(cfg.seed)
         self.tok = load_tokenizer(model_path, cfg.model)
@@ -156,7 +179,8 @@ class Learner:
 
     def init_weight_group(self, backend: str, host: str, port: int, world_size: int, timeout_s: float) -> None:
         if self.rank == 0:
-            self.weight_group = create_group(backend, host, port, 0, world_size, timeout_s, self.device)
+            self.weight_group = create_group(backend, host, port, 0, world_size, timeout_s, self.device,
+                                             self._listen_fd("weights"))
 
     def push_weights(self) -> dict[str, float]:
         """All ranks call this (ZeRO-3 gathers on every rank); rank 0 broadcasts. Returns rank 0's checksums."""
@@ -191,10 +215,13 @@ class Learner:
                 self.tok.save_pretrained(path)
 
     def save_state(self, path: str, tag: str) -> None:
+        """DeepSpeed's state (per-rank shards) and this rank's RNG state, as safetensors + JSON (no pickle)."""
         ds.save_checkpoint(self.engine, path, tag)
+        safe_state.save(rng_state(), Path(path) / f"rng_rank_{self.rank}.safetensors")
 
     def load_state(self, path: str, tag: str) -> None:
         ds.load_checkpoint(self.engine, path, tag)
+        set_rng_state(safe_state.load(Path(path) / f"rng_rank_{self.rank}.safetensors"))
 
     def pid(self) -> int:
         return os.getpid()

@@ -1,20 +1,40 @@
-"""Every DeepSpeed call in mrt-ray lives here, so a DeepSpeed upgrade touches this file only."""
+"""Every DeepSpeed call in mrt-ray lives here, so a DeepSpeed upgrade touches this file only.
+
+Checkpoints: DeepSpeed's own save/load logic (every ZeRO stage, per-rank optimizer partitions, fp32 master weights,
+scheduler, counters) runs unchanged, but its checkpoint engine, the one object that turns a state dict into a file
+and back, is replaced by `SafeCheckpointEngine`, which writes `mrt_ray.safe_state` files (safetensors + a JSON
+tree) where DeepSpeed's `TorchCheckpointEngine` would torch.save a pickle and read it back with
+`torch.load(weights_only=False)`. The files keep DeepSpeed's names (`*_model_states.pt`, `*_optim_states.pt`: its
+loader finds them by those names), but hold no pickle. The only objects they may rebuild are listed in `_objects()`.
+"""
 from __future__ import annotations
 
 import contextlib
 import importlib
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
+from mrt_ray import safe_state
 from mrt_ray.config import Config
+from mrt_ray.utils import gloo_on_loopback
 
 
-def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, timeout_s: float) -> str:
-    """Join the learners' DeepSpeed world: NCCL on GPU, gloo on CPU. Returns the backend."""
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, timeout_s: float,
+                     listen_fd: int | None = None) -> str:
+    """Join the learners' DeepSpeed world: NCCL on GPU, gloo on CPU. Returns the backend.
+
+    The rendezvous store is ours, not torch's `env://` one (whose TCPStore listens on every interface): rank 0 serves
+    it on `listen_fd`, a socket already listening on master_addr:master_port (`mrt_ray.utils.listen_socket`), and the
+    default process group is created on it before DeepSpeed, which then adopts it. On loopback the gloo pairs bind
+    127.0.0.1 too (GLOO_SOCKET_IFNAME), so a local run listens on no other interface."""
+    import torch.distributed as dist
+
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+    gloo_on_loopback(master_addr)
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -23,7 +43,11 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     import deepspeed
 
     backend = "nccl" if cuda else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.TCPStore(master_addr, master_port, world_size, is_master=rank == 0, timeout=timeout,
+                          wait_for_workers=False, master_listen_fd=listen_fd)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # adopts the group created above
     return backend
 
 
@@ -51,6 +75,7 @@ def initialize(model, cfg: Config, micro_batch: int):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, lc.warmup_steps)))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                            config=ds_config(cfg, micro_batch))
+    engine.checkpoint_engine = _safe_checkpoint_engine()
     return engine
 
 
@@ -72,8 +97,46 @@ def gathered(params, enabled: bool):
     return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
 
 
+def _objects() -> dict[str, type]:
+    """The classes DeepSpeed's state dicts hold besides containers, tensors and numbers (ZeRO-1/2/3, fp32/bf16/fp16):
+    the loss scalers, the ZeRO stage enum, and the fragment addresses of ZeRO-1/2's parameter slice mappings."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return {safe_state.qualname(c): c for c in (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address)}
+
+
+def _safe_checkpoint_engine():
+    from deepspeed.runtime.checkpoint_engine.checkpoint_engine import CheckpointEngine
+
+    class SafeCheckpointEngine(CheckpointEngine):
+        """DeepSpeed's checkpoint engine interface over `mrt_ray.safe_state`: no pickle is written or read."""
+
+        def __init__(self):
+            super().__init__()
+            self.name = "mrt-ray SafeCheckpointEngine"
+            self.objects = _objects()
+
+        def create(self, info) -> None:
+            pass
+
+        def save(self, state_dict, path: str) -> None:
+            safe_state.save(state_dict, path, self.objects)
+
+        def load(self, path: str, map_location=None):
+            return safe_state.load(path, self.objects)  # CPU tensors: DeepSpeed copies them where they belong
+
+        def commit(self, info) -> bool:
+            return True
+
+    return SafeCheckpointEngine()
+
+
 def save_checkpoint(engine, path: str, tag: str) -> None:
     engine.save_checkpoint(path, tag=tag)
+    for script in ("zero_to_fp32.py", "zero_to_torch.py"):  # DeepSpeed's converters torch.load: not for these files
+        (Path(path) / script).unlink(missing_ok=True)
 
 
 def load_checkpoint(engine, path: str, tag: str) -> None:

@@ -17,6 +17,7 @@ from mrt_ray.algos.losses import StepNorm
 from mrt_ray.config import Config
 from mrt_ray.learner.actor import Learner
 from mrt_ray.trajectory import Trajectory
+from mrt_ray.utils import LOOPBACK
 
 
 def learner_env(cfg: Config) -> dict[str, str]:
@@ -30,15 +31,17 @@ class LearnerGroup:
     def __init__(self, cfg: Config, placement: Placement, model_path: str, local: bool):
         self.cfg = cfg
         n = cfg.learner.num_ranks
-        ip, port = placement.node_address("learner", 0)
-        ip = "127.0.0.1" if local else ip  # a local run rendezvouses on loopback only
         self.actors = [
-            placement.actor(Learner, "learner", r, cfg, model_path, r, n, ip, port, threads=cfg.learner.threads,
+            placement.actor(Learner, "learner", r, cfg, model_path, r, n, threads=cfg.learner.threads,
                             env=learner_env(cfg))
             for r in range(n)
         ]
-        # a failed start surfaces (with the rank) before training begins
-        self._gather([a.pid.remote() for a in self.actors], "start (learner.startup_timeout_s)",
+        # the rendezvous: loopback for a local run, else the address of rank 0's node; rank 0 binds its port first
+        self.host = LOOPBACK if local else placement.node_ip("learner", 0)
+        port = self._gather([self.actors[0].listen.remote(self.host, "learners")], "listen",
+                            cfg.learner.startup_timeout_s)[0]
+        # a failed start (model load, DeepSpeed engine) surfaces with the rank before training begins
+        self._gather([a.start.remote(self.host, port) for a in self.actors], "start (learner.startup_timeout_s)",
                      cfg.learner.startup_timeout_s)
 
     def call(self, method: str, *args) -> list:

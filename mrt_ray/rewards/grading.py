@@ -9,7 +9,8 @@ extracted in the caller (`extract.extract_answer`), so the pool sees only the tw
 `Grader` (from `get_grader`) is what the data path uses: `grader(text, gold)` for one answer and
 `grader.many(texts, golds)` for a whole step's answers at once (the hot path: scoring, the estimator, evaluation).
 
-Pool size: `MRT_RAY_GRADER_WORKERS` (default min(4, max(2, cpu_count))), read when the pool is first used. Counters
+Pool size: `MRT_RAY_GRADER_WORKERS` (default min(4, max(2, cpu_count))), read when the pool is first used. Memory:
+each worker's address space is capped at `MRT_RAY_GRADER_MEMORY_MB` (default 2048; 0: no cap). Counters
 of this process: `grading_stats()`.
 """
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 `init` dies with the parent (Linux PR_SET_PDEATHSIG, also mid-comparison when a huge integer power holds the GIL),
 leaves Ctrl-C to the parent, imports and warms up math-verify; `equal` compares two extracted answers. math-verify's
-own SIGALRM timeouts are off: the pool enforces a timeout per task by killing the worker.
+own SIGALRM timeouts are off: the pool enforces a timeout per task by killing the worker. Its address space is capped
+at MRT_RAY_GRADER_MEMORY_MB (default 2048; 0: no cap): an answer whose comparison needs more (e.g. expanding
+`(x+1)^{100000}`) fails with MemoryError, counted as an error, instead of eating the host's memory until the timeout.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import logging
 import os
 import signal
 import sys
+
+from mrt_ray.utils import limit_memory
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _TARGETS = None
@@ -22,6 +26,7 @@ def init(ppid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != ppid:  # the parent died before prctl took effect
         os._exit(0)
+    limit_memory(os.environ.get("MRT_RAY_GRADER_MEMORY_MB", "2048"), "MRT_RAY_GRADER_MEMORY_MB")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that its own timeout is off: intended
     equal("1", "1")  # the first call is slow (sympy and regex set-up): pay it now

@@ -17,6 +17,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from mrt_ray.utils import gloo_on_loopback
+
 
 @dataclass
 class WeightGroup:
@@ -33,12 +35,19 @@ class TensorMeta:
 
 
 def create_group(backend: str, host: str, port: int, rank: int, world_size: int, timeout_s: float,
-                 device: torch.device | None = None) -> WeightGroup:
-    """Join the weight group (all members must call this at the same time). Rank 0 hosts the store."""
+                 device: torch.device | None = None, listen_fd: int | None = None) -> WeightGroup:
+    """Join the weight group (all members must call this at the same time). Rank 0 hosts the store on `listen_fd`, a
+    socket already listening on (host, port) (`mrt_ray.utils.listen_socket(host).detach()`): the store then listens
+    on `host` only (torch's TCPStore binds every interface when it opens its own socket) and the port cannot have
+    been taken in the meantime."""
+    if rank == 0 and listen_fd is None:
+        raise ValueError("create_group: rank 0 hosts the store and needs listen_fd (a socket listening on host:port)")
     timeout = timedelta(seconds=timeout_s)
-    store = dist.TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout, wait_for_workers=True)
+    store = dist.TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout, wait_for_workers=True,
+                          master_listen_fd=listen_fd if rank == 0 else None)
     store = dist.PrefixStore("mrt-weights", store)
     if backend == "gloo":
+        gloo_on_loopback(host)
         pg = dist.ProcessGroupGloo(store, rank, world_size, timeout)
     elif backend == "nccl":
         opts = dist.ProcessGroupNCCL.Options()

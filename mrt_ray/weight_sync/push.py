@@ -2,11 +2,13 @@
 
 One metadata RPC at connect time; per push one RPC per actor and the tensors over the weight group (gloo/NCCL).
 Every push is verified twice: per-tensor checksums (the bytes arrived) and a log-prob probe on a fixed sequence
-(the engine actually serves the new weights). A failed or partial push raises.
+(the engine actually serves the new weights). A failed or partial push raises, unless a worker was lost during it.
 
 A worker that Ray restarted (a fresh process: base weights, no weight group) is found before every push by its
-process id; the weight group is then rebuilt (every member joins a NEW group on a new port; the old one is dropped,
-and all its operations carry a timeout) and the push goes to all workers, the restarted one included."""
+process id; the weight group is then rebuilt (every member joins a NEW group on a new port that learner rank 0 bound
+first; the old one is dropped, and all its operations carry a timeout) and the push goes to all workers, the
+restarted one included. A worker lost during a push (or during the rebuild) makes the push start over the same way.
+"""
 from __future__ import annotations
 
 import logging
@@ -23,16 +25,17 @@ log = logging.getLogger("mrt_ray")
 
 class WeightSync:
     def __init__(self, learners: LearnerGroup, workers: list, placement: Placement, probe_ids: list[int],
-                 local: bool, timeout_s: float, probe_tol: float, startup_timeout_s: float):
+                 timeout_s: float, probe_tol: float, startup_timeout_s: float):
         """`timeout_s` bounds the weight group's operations; `startup_timeout_s` the wait for a worker that is still
         starting or restarting (engine load, compile, CUDA graphs)."""
         self.learners, self.workers, self.placement = learners, workers, placement
-        self.probe_ids, self.local, self.timeout_s, self.probe_tol = probe_ids, local, timeout_s, probe_tol
+        self.probe_ids, self.timeout_s, self.probe_tol = probe_ids, timeout_s, probe_tol
         self.startup_timeout_s = startup_timeout_s
         self.metas = ray.get(learners.actors[0].weight_metas.remote())
         self.bytes = sum(_numel(s) * _itemsize(d) for _, s, d in self.metas)
         self.version: int | None = None  # the policy version every worker holds (set by push)
         self.restarts = 0  # workers found restarted (a new process) and re-joined
+        self.broken = False  # a push or rebuild failed half-way: the group must be rebuilt
         self.connect()
 
     def _ready(self) -> list[dict]:
@@ -46,8 +49,8 @@ class WeightSync:
         self.pids = [info["pid"] for info in infos]  # the processes that are members of the group
         sizes = [info["group_size"] for info in infos]
         world = 1 + sum(sizes)
-        ip, port = self.placement.node_address("learner", 0)
-        ip = "127.0.0.1" if self.local else ip
+        ip = self.learners.host  # learner rank 0's address: loopback for a local run
+        port = ray.get(self.learners.actors[0].listen.remote(ip, "weights"), timeout=self.timeout_s)
         backend = weight_backend(self.placement.roles)
         futures = [a.init_weight_group.remote(backend, ip, port, world, self.timeout_s) for a in self.learners.actors]
         base = 1
@@ -56,14 +59,36 @@ class WeightSync:
             base += size
         ray.get(futures, timeout=self.timeout_s)
 
-    def push(self, version: int) -> dict:
-        """Send the learner's weights as `version` to every worker (re-joining restarted ones first) and verify."""
-        infos = self._ready()
-        restarted = [i for i, (info, pid) in enumerate(zip(infos, self.pids)) if info["pid"] != pid]
-        if restarted:
-            log.warning("inference workers %s were restarted (new processes); rebuilding the weight group", restarted)
-            self.restarts += len(restarted)
-            self.connect(infos)
+    def push(self, version: int, attempts: int = 3) -> dict:
+        """Send the learner's weights as `version` to every worker (re-joining restarted ones first) and verify.
+
+        A worker lost during the push itself (its process died while the group was rebuilt, while receiving, or
+        while probed) is waited for, and the push is repeated on a rebuilt group, up to `attempts` times in all. A
+        failure with no lost worker is raised as it is. With ZeRO-3 every learner rank takes part in the push, so a
+        push that failed half-way cannot be repeated: it is raised."""
+        for attempt in range(1, attempts + 1):
+            infos = self._ready()
+            restarted = [i for i, (info, pid) in enumerate(zip(infos, self.pids)) if info["pid"] != pid]
+            try:
+                if restarted or self.broken:
+                    if restarted:
+                        log.warning("inference workers %s were restarted (new processes); rebuilding the weight group",
+                                    restarted)
+                    self.restarts += len(restarted)
+                    self.broken = True
+                    self.connect(infos)
+                    self.broken = False
+                return self._transfer(version)
+            except (ray.exceptions.RayError, RuntimeError) as e:
+                self.broken = True  # the group's state is unknown: rebuild it before the next push
+                lost = [i for i, (info, pid) in enumerate(zip(self._ready(), self.pids)) if info["pid"] != pid]
+                if not lost or attempt == attempts or self.learners.cfg.learner.zero_stage == 3:
+                    raise
+                log.warning("inference workers %s were lost during the weight push (%s); pushing version %s again "
+                            "(attempt %d of %d)", lost, type(e).__name__, version, attempt + 1, attempts)
+        raise AssertionError("unreachable")
+
+    def _transfer(self, version: int) -> dict:
         t0 = time.perf_counter()
         send = [a.push_weights.remote() for a in self.learners.actors]
         recv = [w.receive_weights.remote(version) for w in self.workers]
