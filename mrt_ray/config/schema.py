@@ -134,6 +134,7 @@ class LearnerConfig:
     ppo_epochs: int = pos(1)
     max_bad_steps: int = pos(3)  # NaN/inf steps skipped before the run stops
     collective_timeout_s: float = pos(300.0)
+    push_bucket_mib: float = pos(256.0)  # weight push: bytes per broadcast bucket; receivers hold at most two
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences of large models)
 
 
