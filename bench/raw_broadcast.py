@@ -1,6 +1,7 @@
-"""The ceiling for the weight push: a raw gloo broadcast of the same tensors (same shapes and dtypes as the pushed
-state dict) between two freshly spawned processes, over the same kind of standalone group mrt-ray's push uses
-(`mrt_ray.weight_sync.group.create_group`), with no checksums, RPCs or engine reload."""
+"""The ceiling for the weight push: a raw gloo broadcast of the same buckets (same byte sizes, in order) between two
+freshly spawned processes, over the same kind of standalone group mrt-ray's push uses
+(`mrt_ray.weight_sync.group.create_group`), with both sides already waiting: no ready gate, packing, checksums, RPCs
+or engine reload."""
 from __future__ import annotations
 
 import time
@@ -18,7 +19,7 @@ def _sync(pg) -> None:
     pg.allreduce([torch.zeros(1)]).wait()
 
 
-def _member(rank: int, ports, metas: list[tuple], reps: int, threads: int, out) -> None:
+def _member(rank: int, ports, sizes: list[int], reps: int, threads: int, out) -> None:
     torch.set_num_threads(threads)
     if rank == 0:  # hosts the store on a socket it bound itself (no port race); tells rank 1 the port
         sock = listen_socket(LOOPBACK)
@@ -26,33 +27,31 @@ def _member(rank: int, ports, metas: list[tuple], reps: int, threads: int, out) 
         group = create_group("gloo", LOOPBACK, sock.getsockname()[1], 0, 2, 300.0, listen_fd=sock.detach())
     else:
         group = create_group("gloo", LOOPBACK, ports.get(timeout=300), 1, 2, 300.0)
-    # metas: (name, shape, dtype) as the learner reports them (WeightSync.metas)
-    tensors = [torch.empty(shape, dtype=getattr(torch, dtype)) for _, shape, dtype in metas]
+    buffers = [torch.empty(n, dtype=torch.uint8) for n in sizes]  # sizes: WeightSync.plan's bucket bytes
     if rank == 0:
-        for t in tensors:
-            t.normal_()
+        for b in buffers:
+            b.random_(0, 256)
     opts = dist.BroadcastOptions()
     opts.rootRank = 0
     times = []
     for _ in range(reps + 1):  # the first round opens the connections: a warm-up, dropped
         _sync(group.pg)
         t0 = time.perf_counter()
-        for t in tensors:
-            group.pg.broadcast([t], opts).wait()
+        for b in buffers:
+            group.pg.broadcast([b], opts).wait()
         _sync(group.pg)  # the receiver holds every byte
         times.append(time.perf_counter() - t0)
     if rank == 0:
         out.put(times[1:])
 
 
-def raw_broadcast_seconds(metas: list[tuple], reps: int = 10, threads: int = 1,
-                          timeout_s: float = 300.0) -> list[float]:
-    """Seconds per full broadcast of `metas`' tensors (one per rep), measured on the sender after a barrier."""
+def raw_broadcast_seconds(sizes: list[int], reps: int = 10, threads: int = 1, timeout_s: float = 300.0) -> list[float]:
+    """Seconds per full broadcast of buffers of `sizes` bytes (one per rep), measured on the sender after a barrier."""
     if reps < 1:
         raise ValueError(f"reps={reps} must be >= 1")
     ctx = mp.get_context("spawn")
     out, ports = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_member, args=(r, ports, metas, reps, threads, out), daemon=True) for r in (0, 1)]
+    procs = [ctx.Process(target=_member, args=(r, ports, sizes, reps, threads, out), daemon=True) for r in (0, 1)]
     for p in procs:
         p.start()
     try:
@@ -66,12 +65,6 @@ def raw_broadcast_seconds(metas: list[tuple], reps: int = 10, threads: int = 1,
     return times
 
 
-def state_bytes(metas: list[tuple]) -> int:
-    """Bytes of the tensors described by `metas` ((name, shape, dtype) triples)."""
-    total = 0
-    for _, shape, dtype in metas:
-        n = 1
-        for s in shape:
-            n *= s
-        total += n * torch.empty((), dtype=getattr(torch, dtype)).element_size()
-    return total
+def bucket_sizes(sync) -> list[int]:
+    """The byte sizes of the buckets a `WeightSync` pushes."""
+    return [b.nbytes for b in sync.plan.buckets]

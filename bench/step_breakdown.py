@@ -13,7 +13,7 @@ import argparse
 import os
 
 from harness import PHASES, MrtSession, bench_config, markdown_table, median, overheads, phase_summary, spread
-from raw_broadcast import raw_broadcast_seconds, state_bytes
+from raw_broadcast import bucket_sizes, raw_broadcast_seconds
 
 
 def breakdown_tables(summary: dict, rows: list[dict]) -> str:
@@ -60,8 +60,8 @@ def main() -> None:
     try:
         session.steps(args.warmup)
         rows = session.steps(args.steps)
-        metas = session.trainer.sync.metas
-        raw = raw_broadcast_seconds(metas, reps=args.reps, threads=cfg.learner.threads)
+        sync = session.trainer.sync
+        raw = raw_broadcast_seconds(bucket_sizes(sync), reps=args.reps, threads=cfg.learner.threads)
     finally:
         session.close()
     c = session.trainer.cfg
@@ -72,7 +72,7 @@ def main() -> None:
     print(f"actors up + first verified push: {session.start_seconds:.1f} s; metrics: {session.metrics_path}\n")
     print(breakdown_tables(phase_summary(rows), rows))
     print("\n## weight push vs raw gloo broadcast (same bytes, same invocation)\n")
-    print(push_table(rows, state_bytes(metas), raw))
+    print(push_table(rows, sync.bytes, raw))
     print(f"\n1-minute load average at the end (2 cores: > 2 is contention): {os.getloadavg()[0]:.1f}")
 
 

@@ -26,7 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from harness import REPO, WORKLOAD, MrtSession, bench_config, markdown_table, median, phase_summary, spread
-from raw_broadcast import raw_broadcast_seconds, state_bytes
+from raw_broadcast import bucket_sizes, raw_broadcast_seconds
 
 TRL_VENV_PYTHON = REPO / ".venv-bench" / "bin" / "python"
 
@@ -187,8 +187,8 @@ def main() -> None:
         mrt_rounds, trl_rounds = alternate(mrt, trl, args.rounds, args.block)
         load.append(os.getloadavg()[0])
         trl.close()
-        metas = mrt.trainer.sync.metas
-        raw = raw_broadcast_seconds(metas, reps=10, threads=cfg.learner.threads)
+        sync = mrt.trainer.sync
+        raw = raw_broadcast_seconds(bucket_sizes(sync), reps=10, threads=cfg.learner.threads)
     finally:
         trl.close()
         if mrt is not None:
@@ -198,7 +198,7 @@ def main() -> None:
     ratios = [median([r["step_seconds"] for r in m]) / median([r["step_seconds"] for r in t])
               for m, t in zip(mrt_rounds, trl_rounds)]
     report = {"argv": sys.argv, "trl": trl_ready, "mrt_rounds": mrt_rounds, "trl_rounds": trl_rounds,
-              "raw_broadcast_seconds": raw, "state_bytes": state_bytes(metas), "load_average_1min": load}
+              "raw_broadcast_seconds": raw, "state_bytes": sync.bytes, "load_average_1min": load}
     (out_dir / "vs_trl.json").write_text(json.dumps(report, indent=1))  # kept if a later run fails hard
     grpo = phase_summary(mrt_rows)
     samples = cfg.train.prompts_per_step * cfg.rollout.n_samples
@@ -213,7 +213,7 @@ def main() -> None:
                                                   args.variant_steps), samples))
     report.update(variants=variants, scaling=scaling)
     (out_dir / "vs_trl.json").write_text(json.dumps(report, indent=1))
-    print_report(args, cfg, model, trl_ready, mrt_rows, trl_rows, ratios, raw, metas, variants, scaling)
+    print_report(args, cfg, model, trl_ready, mrt_rows, trl_rows, ratios, raw, sync.bytes, variants, scaling)
     print(f"\n1-minute load average (start, before the side-by-side rounds, after them; 2 cores): "
           f"{', '.join(f'{x:.1f}' for x in load)}; at the end: {os.getloadavg()[0]:.1f}")
     print(f"\nraw records: {out_dir / 'vs_trl.json'}")
@@ -236,7 +236,7 @@ def run_session(label: str, overrides: list[str], warmup: int, steps: int) -> li
             session.close()
 
 
-def print_report(args, cfg, model, trl_ready, mrt_rows, trl_rows, ratios, raw, metas, variants, scaling) -> None:
+def print_report(args, cfg, model, trl_ready, mrt_rows, trl_rows, ratios, raw, nbytes, variants, scaling) -> None:
     print(f"\n## mrt-ray vs TRL GRPOTrainer ({cfg.train.prompts_per_step} prompts x {cfg.rollout.n_samples} "
           f"samples, max {cfg.rollout.max_new_tokens} new tokens, fp32; model {model}, {trl_ready['params']} params)\n")
     print(versions(trl_ready) + "\n")
@@ -248,7 +248,6 @@ def print_report(args, cfg, model, trl_ready, mrt_rows, trl_rows, ratios, raw, m
     print(f"ratio mrt-ray / TRL step time, per round (median of each block): {spread(ratios)}; "
           f"of the overall medians: {median(mrt_step) / median(trl_step):.3g}")
     grpo = phase_summary(mrt_rows)
-    nbytes = state_bytes(metas)
     push_send = median([r["push_broadcast_seconds"] for r in mrt_rows])
     push_e2e = median([r["push_seconds"] for r in mrt_rows])
     print(f"\npipeline overhead (step wall / sum of phases): {grpo['overhead']:.3g}")

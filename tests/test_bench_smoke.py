@@ -32,12 +32,12 @@ def test_phase_summary_and_table():
 @pytest.mark.usefixtures("ray_session")
 def test_session_two_steps_and_raw_broadcast(small_cfg):
     from harness import PHASES, MrtSession, read_metrics
-    from raw_broadcast import raw_broadcast_seconds, state_bytes
+    from raw_broadcast import bucket_sizes, raw_broadcast_seconds
 
     session = MrtSession(small_cfg("wandb.log_samples_every=0"))
     try:
         rows = session.steps(1) + session.steps(1)
-        metas, nbytes = session.trainer.sync.metas, session.trainer.sync.bytes
+        sizes, nbytes = bucket_sizes(session.trainer.sync), session.trainer.sync.bytes
     finally:
         session.close()
     assert [r["step"] for r in rows] == [0, 1]
@@ -46,8 +46,8 @@ def test_session_two_steps_and_raw_broadcast(small_cfg):
         assert r["policy_version"] == r["step"] + 1
         for key in [p for p in PHASES if p != "estimate_seconds"] + ["step_seconds", "push_broadcast_seconds"]:
             assert key in r, key
-    assert state_bytes(metas) == nbytes  # the raw broadcast moves exactly the pushed bytes
-    times = raw_broadcast_seconds(metas, reps=2)
+    assert nbytes <= sum(sizes) < nbytes + 64 * len(sizes)  # the raw broadcast moves the pushed buckets
+    times = raw_broadcast_seconds(sizes, reps=2)
     assert len(times) == 2 and all(t > 0 for t in times)
 
 

@@ -117,10 +117,30 @@ def test_unequal_shards_and_micro_batches_match_one_batch(small_cfg, tiny_model,
     assert max(abs(a - b) for a, b in zip(p_one, p_two)) < 1e-5
 
 
-@pytest.mark.parametrize("backend", ["vllm", "hf"])
-def test_push_reaches_rollout_worker(small_cfg, tiny_model, backend):
+@pytest.fixture(scope="session")
+def tiny_tied_model(tmp_path_factory) -> str:
+    """The tiny model with its output layer tied to the input embedding (as in small Qwen2/SmolLM2 models)."""
+    from transformers import Qwen2ForCausalLM
+
+    from mrt_ray.bootstrap import build_model, build_tokenizer
+    from mrt_ray.config import BootstrapConfig
+
+    path = tmp_path_factory.mktemp("tiny_tied_model")
+    tok = build_tokenizer()
+    config = build_model(BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128), len(tok),
+                         320, seed=0).config
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("backend,tied", [("vllm", False), ("hf", False), ("vllm", True)])
+def test_push_reaches_rollout_worker(small_cfg, tiny_model, tiny_tied_model, backend, tied):
     """After an update and a push, the rollout worker's log-probs (vLLM or HF engine) equal the learner's; before the
-    push they differ."""
+    push they differ and the probe rejects the stale engine. ZeRO-3, small buckets: every bucket is gathered on both
+    ranks. Tied embeddings travel once, and vLLM's output layer still follows them."""
     import ray
 
     from mrt_ray.actors import Placement
@@ -129,24 +149,32 @@ def test_push_reaches_rollout_worker(small_cfg, tiny_model, backend):
     from mrt_ray.rollout.worker import RolloutWorker
     from mrt_ray.weight_sync.push import WeightSync
 
-    cfg = small_cfg("learner.lr=5e-2", "learner.zero_stage=3", f"rollout.backend={backend}")
-    tok = load_tokenizer(tiny_model, cfg.model)
+    model = tiny_tied_model if tied else tiny_model
+    cfg = small_cfg("learner.lr=5e-2", "learner.zero_stage=3", f"rollout.backend={backend}",
+                    "learner.push_bucket_mib=0.02", f"model.path={model}")
+    tok = load_tokenizer(model, cfg.model)
     trajs = _trajectories(tok)
     probe = trajs[0].prompt_ids + trajs[0].completion.ids
     placement = Placement(cfg, with_estimators=False)
-    learners = LearnerGroup(cfg, placement, tiny_model, local=True)
-    worker = placement.actor(RolloutWorker, "rollout", 0, cfg, tiny_model, 0)
+    learners = LearnerGroup(cfg, placement, model, local=True)
+    worker = placement.actor(RolloutWorker, "rollout", 0, cfg, model, 0)
     try:
         sync = WeightSync(learners, [worker], placement, probe, 60.0, 1e-4, 600.0)
+        assert len(sync.plan.buckets) > 3
+        aliases = [a for b in sync.plan.buckets for e in b.entries for a in e.aliases]
+        assert aliases == (["lm_head.weight"] if tied else [])
         assert sync.probe() < 1e-4  # same initial weights
         learners.train(trajs)
         learner_lp = learners.call("probe_logprobs", probe)[0]
         stale = ray.get(worker.prompt_logprobs.remote(probe))
         assert max(abs(a - b) for a, b in zip(learner_lp, stale)) > 1e-3  # the update changed the policy
+        with pytest.raises(RuntimeError, match="stale or partial weights"):
+            sync.probe()
         stats = sync.push(1)
         fresh = ray.get(worker.prompt_logprobs.remote(probe))
         assert max(abs(a - b) for a, b in zip(learner_lp, fresh)) < 1e-4
         assert stats["push_probe_diff"] < 1e-4 and stats["push_gbps"] > 0
+        assert stats["push_probe_stale_gap"] > 1e-3  # the probe could see a stale engine
     finally:
         for a in learners.actors + [worker]:
             ray.kill(a)

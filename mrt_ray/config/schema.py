@@ -141,6 +141,7 @@ class LearnerConfig:
     max_bad_steps: int = pos(3)  # NaN/inf steps skipped before the run stops
     collective_timeout_s: float = pos(300.0)
     startup_timeout_s: float = pos(1200.0)  # the ranks' start: model load and the DeepSpeed world
+    push_bucket_mib: float = pos(256.0)  # weight push: bytes per broadcast bucket; receivers hold at most two
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences of large models)
 
 

@@ -26,7 +26,8 @@ from mrt_ray.learner import ds
 from mrt_ray.learner.objective import microbatch_loss, policy_logprobs, ref_logprobs
 from mrt_ray.models import load_causal_lm, load_tokenizer
 from mrt_ray.utils import listen_socket, rng_state, set_rng_state
-from mrt_ray.weight_sync.group import create_group, send_tensors
+from mrt_ray.weight_sync.buckets import Plan, state_metas
+from mrt_ray.weight_sync.group import await_receivers, create_group, send_stream
 
 
 def collate(shard: dict, pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -85,6 +86,7 @@ class Learner:
         self.engine = ds.initialize(model, cfg, cfg.learner.micro_batch_size)
         self.zero3 = cfg.learner.zero_stage == 3
         self.weight_group = None
+        self.weight_plan: Plan | None = None
 
     # ------------------------------------------------------------------ training
     def _all_finite(self, x: torch.Tensor) -> bool:
@@ -167,35 +169,47 @@ class Learner:
 
     # ------------------------------------------------------------------ weights
     def _state(self) -> dict[str, torch.Tensor]:
-        # keep_vars: parameter objects (ZeRO-3 gathers them); all names, tied duplicates included (vLLM needs both)
+        # keep_vars: parameter objects (ZeRO-3 gathers them; a tied pair is one object under two names)
         return self.engine.module.state_dict(keep_vars=True)
 
     def weight_metas(self) -> list[tuple]:
-        metas = []
-        for name, t in self._state().items():
-            shape = tuple(t.ds_shape) if hasattr(t, "ds_shape") else tuple(t.shape)
-            metas.append((name, shape, str(t.dtype).removeprefix("torch.")))
-        return metas
+        return state_metas(self._state())
 
-    def init_weight_group(self, backend: str, host: str, port: int, world_size: int, timeout_s: float) -> None:
+    def init_weight_group(self, backend: str, host: str, port: int, world_size: int, timeout_s: float,
+                          plan: Plan) -> None:
+        """(Re)join the weight group as its rank 0; a group from before (a rebuild) is aborted first."""
+        self.weight_plan = plan
         if self.rank == 0:
+            if self.weight_group is not None:
+                self.weight_group.close()
             self.weight_group = create_group(backend, host, port, 0, world_size, timeout_s, self.device,
                                              self._listen_fd("weights"))
 
-    def push_weights(self) -> dict[str, float]:
-        """All ranks call this (ZeRO-3 gathers on every rank); rank 0 broadcasts. Returns rank 0's checksums."""
+    def await_receivers(self, push_id: int) -> None:
+        """Rank 0: the ready gate of push `push_id` (ZeRO-3 passes it before any rank enters a gather)."""
+        await_receivers(self.weight_group, push_id, self.weight_group.timeout_s)
+
+    def _bucket_tensors(self):
+        """Each bucket's tensors in entry order; ZeRO-3: gathered one bucket at a time on every rank."""
+        state = self._state()
+        for bucket in self.weight_plan.buckets:
+            ts = [state[e.name] for e in bucket.entries]
+            with ds.gathered(ts, self.zero3):
+                yield [t.data for t in ts]
+
+    def push_weights(self, push_id: int) -> dict:
+        """All ranks call this (ZeRO-3 gathers on every rank); rank 0 broadcasts the buckets. Returns rank 0's
+        per-bucket checksums, its seconds at the ready gate and its seconds sending (gathers, packing, broadcasts)."""
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
+        sums: list[int] = []
+        gate = 0.0
         with torch.no_grad():
-            if not self.zero3:  # rank 0 holds every tensor: one back-to-back stream
-                if self.rank == 0:
-                    sums = send_tensors(self.weight_group, [(n, t.data) for n, t in self._state().items()])
-            else:  # gather one parameter at a time (memory), on every rank
-                for name, t in self._state().items():
-                    with ds.gathered([t], True):
-                        if self.rank == 0:
-                            sums.update(send_tensors(self.weight_group, [(name, t.data)]))
-        return {"sums": sums, "seconds": time.perf_counter() - t0}
+            if self.rank == 0:
+                sums, gate = send_stream(self.weight_group, self.weight_plan, self._bucket_tensors(), push_id)
+            elif self.zero3:  # enter every bucket's gather, send nothing
+                for _ in self._bucket_tensors():
+                    pass
+        return {"sums": sums, "gate_seconds": gate, "seconds": time.perf_counter() - t0 - gate}
 
     @torch.no_grad()
     def probe_logprobs(self, ids: list[int]) -> list[float]:

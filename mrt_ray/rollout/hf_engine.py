@@ -5,7 +5,8 @@ import torch
 
 from mrt_ray.config import Config
 from mrt_ray.rollout.types import Completion, Request
-from mrt_ray.weight_sync.group import TensorMeta, create_group, receive_tensors
+from mrt_ray.weight_sync.buckets import Plan
+from mrt_ray.weight_sync.group import create_group, drain, receive_stream
 
 
 class HFEngine:
@@ -51,17 +52,31 @@ class HFEngine:
         logp = self.model(x).logits[0, :-1].float().log_softmax(-1)
         return logp.gather(-1, x[0, 1:, None])[:, 0].tolist()
 
-    def init_weight_group(self, backend, host, port, base_rank, world_size, timeout_s, metas) -> list[int]:
+    def init_weight_group(self, backend, host, port, base_rank, world_size, timeout_s, plan: Plan) -> list[int]:
+        if getattr(self, "_group", None) is not None:  # a rebuild: abort the old group first
+            self._group.close()
         self._group = create_group(backend, host, port, base_rank, world_size, timeout_s, self.device)
-        self._metas = [TensorMeta(n, tuple(s), d) for n, s, d in metas]
+        self._plan = plan
         return [base_rank]
 
     @torch.no_grad()
-    def receive_weights(self) -> list[dict[str, float]]:
-        tensors, sums = receive_tensors(self._group, self._metas)
-        state = dict(tensors)
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if unexpected or [m for m in missing if "rotary" not in m]:
-            raise RuntimeError(f"HF engine: pushed weights do not match the model: missing {missing[:3]}, "
-                               f"unexpected {unexpected[:3]}")
-        return [sums]
+    def receive_weights(self, push_id: int) -> list[list[int]]:
+        """Copy each tensor into the model as its bucket arrives (no second copy of the weights)."""
+        params = self.model.state_dict(keep_vars=True)
+        sums: list = []
+        stream = receive_stream(self._group, self._plan, push_id, sums)
+        loaded = set()
+        try:
+            for name, t in stream:
+                p = params.get(name)
+                if p is None or p.shape != t.shape:
+                    raise RuntimeError(f"HF engine: pushed tensor {name} {tuple(t.shape)} does not match the model "
+                                       f"({'absent' if p is None else tuple(p.shape)})")
+                p.data.copy_(t)
+                loaded.add(name)
+        finally:
+            drain(stream)
+        missing = [n for n in params if n not in loaded and "rotary" not in n]
+        if missing:
+            raise RuntimeError(f"HF engine: the push did not cover {len(missing)} tensors, e.g. {missing[:3]}")
+        return [torch.stack(sums).tolist() if sums else []]

@@ -124,14 +124,15 @@ class VLLMEngine:
         return [d[t].logprob for t, d in zip(ids[1:], out.prompt_logprobs[1:])]
 
     @_engine_dead_is_fatal
-    def init_weight_group(self, backend, host, port, base_rank, world_size, timeout_s, metas) -> list[int]:
+    def init_weight_group(self, backend, host, port, base_rank, world_size, timeout_s, plan) -> list[int]:
         return self.llm.collective_rpc(
-            "mrt_init_weight_group", args=(backend, host, port, base_rank, world_size, timeout_s, metas)
+            "mrt_init_weight_group", args=(backend, host, port, base_rank, world_size, timeout_s, plan)
         )
 
     @_engine_dead_is_fatal
-    def receive_weights(self) -> list[dict[str, float]]:
-        sums = self.llm.collective_rpc("mrt_receive_weights")
+    def receive_weights(self, push_id: int) -> list[list[int]]:
+        """Per engine rank, the per-bucket checksums of push `push_id`."""
+        sums = self.llm.collective_rpc("mrt_receive_weights", args=(push_id,))
         if not self.llm.reset_prefix_cache():  # cached KV was computed with the old weights
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight push (reset_prefix_cache() "
                                "returned False: requests still running?); its cached KV holds the old weights")

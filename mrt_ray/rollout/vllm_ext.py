@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from mrt_ray.weight_sync.group import TensorMeta, create_group, receive_tensors
+import torch
+
+from mrt_ray.weight_sync.buckets import Plan
+from mrt_ray.weight_sync.group import create_group, drain, receive_stream
 
 
 class _RotaryReloadFilter(logging.Filter):
@@ -20,14 +23,24 @@ class _RotaryReloadFilter(logging.Filter):
 
 class WeightSyncExtension:
     def mrt_init_weight_group(self, backend: str, host: str, port: int, base_rank: int, world_size: int,
-                              timeout_s: float, metas: list[tuple]) -> int:
+                              timeout_s: float, plan: Plan) -> int:
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_RotaryReloadFilter())
         rank = base_rank + self.rank  # self.rank: this worker's rank inside its engine (tensor parallel)
+        old = getattr(self, "_mrt_group", None)
+        if old is not None:  # a rebuild: abort the old group first
+            old.close()
         self._mrt_group = create_group(backend, host, port, rank, world_size, timeout_s, self.device)
-        self._mrt_metas = [TensorMeta(n, tuple(s), d) for n, s, d in metas]
+        self._mrt_plan = plan
         return rank
 
-    def mrt_receive_weights(self) -> dict[str, float]:
-        tensors, sums = receive_tensors(self._mrt_group, self._mrt_metas)  # all received before loading
-        self.reload_weights(weights_iterator=iter(tensors), is_checkpoint_format=True)
-        return sums
+    def mrt_receive_weights(self, push_id: int) -> list[int]:
+        """Stream the push into ONE `reload_weights` call: tensors are loaded as their bucket arrives (a split over
+        several calls would finalize half-loaded layers, and vLLM refuses a tied alias loaded apart from its
+        source). Returns the per-bucket checksums."""
+        sums: list = []
+        stream = receive_stream(self._mrt_group, self._mrt_plan, push_id, sums)
+        try:
+            self.reload_weights(weights_iterator=stream, is_checkpoint_format=True)
+        finally:
+            drain(stream)  # a reload that failed half-way still lets the sender finish
+        return torch.stack(sums).tolist() if sums else []

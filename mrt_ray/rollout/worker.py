@@ -74,11 +74,12 @@ class RolloutWorker:
         return self.engine.prompt_logprobs(ids)
 
     @exit_if_engine_dead
-    def init_weight_group(self, backend, host, port, base_rank, world_size, timeout_s, metas) -> list[int]:
-        return self.engine.init_weight_group(backend, host, port, base_rank, world_size, timeout_s, metas)
+    def init_weight_group(self, backend, host, port, base_rank, world_size, timeout_s, plan) -> list[int]:
+        return self.engine.init_weight_group(backend, host, port, base_rank, world_size, timeout_s, plan)
 
     @exit_if_engine_dead
-    def receive_weights(self, version: int) -> list[dict[str, float]]:
-        sums = self.engine.receive_weights()
+    def receive_weights(self, version: int, push_id: int) -> list[list[int]]:
+        """Receive push `push_id` (policy `version`); per engine rank, its per-bucket checksums."""
+        sums = self.engine.receive_weights(push_id)
         self.version = version
         return sums

@@ -1,37 +1,55 @@
 """The weight-push transport: a standalone torch.distributed group between learner rank 0 (rank 0 of the group) and
-every inference worker (rollout workers, estimator workers). gloo on CPU, NCCL on GPU, one code path.
+every inference worker rank (rollout workers, estimator workers). gloo on CPU, NCCL on GPU, one code path.
 
 The group is built from a TCPStore + PrefixStore + ProcessGroup{Gloo,NCCL}, not `init_process_group`, so it never
 touches the default group of the process it lives in (the DeepSpeed world in a learner, vLLM's own group in a rollout
-worker). Every operation carries the group's timeout: a dead peer is an error, never a hang.
+worker). Every operation carries the group's timeout: a dead peer is an error, never a hang. A group that is rebuilt
+(a worker restarted) is aborted first on every member that still holds it.
 
-One RPC carries the metadata (names, shapes, dtypes, once at set-up); tensors travel over the group. Integrity: the
-sender and every receiver compute a per-tensor checksum; the controller compares them.
+One push = the buckets of a `buckets.Plan`, broadcast in order:
+- **Ready gate.** Each receiver marks itself ready in the group's store (`ready/<push id>/<rank>`) as its receive
+  starts; the sender waits for every mark before its first broadcast, so no RPC arrival (a receive queued behind a
+  generate) ever sits inside a transfer, and a late receiver is a clear error, not a broadcast timing out.
+- **Sender.** Two send buffers (kept across pushes): bucket k+1 is packed (and bucket k checksummed) while bucket k
+  is on the wire.
+- **Receiver.** A generator of (name, tensor) views that the engine's loader consumes as buckets arrive; bucket k+1
+  lands while bucket k is loaded and checksummed, so at most two buckets are alive beyond the model's own weights.
+- **Integrity.** Both sides checksum every bucket (`buckets.checksum`); the controller compares the lists.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from mrt_ray.utils import gloo_on_loopback
+from mrt_ray.weight_sync.buckets import Plan, checksum, pack, unpack
 
 
 @dataclass
 class WeightGroup:
     pg: object  # ProcessGroupGloo | ProcessGroupNCCL
     device: torch.device  # where tensors must live for this backend
-    store: object  # keeps the rendezvous store alive as long as the group
+    store: object  # the rendezvous store (also carries the ready gate); kept alive as long as the group
+    rank: int
+    world_size: int
+    timeout_s: float
+    send_buffers: list = field(default_factory=list)  # rank 0: the two send buffers, reused by every push
 
-
-@dataclass(frozen=True)
-class TensorMeta:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # e.g. "float32"
+    def close(self) -> None:
+        """Abort the group (pending operations fail at once) and drop the store: called before a rebuild."""
+        abort = getattr(self.pg, "abort", None)
+        try:
+            if abort is not None:
+                abort()
+        except RuntimeError:  # a backend without abort, or a group already broken by a dead peer
+            pass
+        self.pg = self.store = None
+        self.send_buffers = []
 
 
 def create_group(backend: str, host: str, port: int, rank: int, world_size: int, timeout_s: float,
@@ -55,49 +73,104 @@ def create_group(backend: str, host: str, port: int, rank: int, world_size: int,
         pg = dist.ProcessGroupNCCL(store, rank, world_size, opts)
     else:
         raise ValueError(f"weight group backend must be gloo or nccl, got {backend!r}")
-    return WeightGroup(pg, device or torch.device("cpu"), store)
+    return WeightGroup(pg, device or torch.device("cpu"), store, rank, world_size, timeout_s)
 
 
-def _broadcast(group: WeightGroup, tensor: torch.Tensor) -> None:
+def _broadcast(group: WeightGroup, tensor: torch.Tensor):
+    """Start a broadcast from rank 0; returns its work (`.wait()` it)."""
     opts = dist.BroadcastOptions()
     opts.rootRank = 0
-    group.pg.broadcast([tensor], opts).wait()
+    return group.pg.broadcast([tensor], opts)
 
 
-def checksum(t: torch.Tensor) -> float:
-    """Order-sensitive float64 checksum: catches a missing, stale, truncated or permuted tensor."""
-    flat = t.detach().reshape(-1).to(torch.float64)
-    w = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device).remainder_(97).add_(1)
-    return float((flat * w).sum().item())
+def _ready_key(push_id: int, rank: int) -> str:
+    return f"ready/{push_id}/{rank}"
 
 
-def send_tensors(group: WeightGroup, tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
-    """Rank 0: broadcast each tensor in metadata order, then checksum them; returns {name: checksum}."""
-    sent = []
-    for name, t in tensors:
-        t = t.detach().to(group.device).contiguous()
-        _broadcast(group, t)
-        sent.append((name, t))
-    return {name: checksum(t) for name, t in sent}
+def await_receivers(group: WeightGroup, push_id: int, timeout_s: float) -> None:
+    """Rank 0: wait until every receiver has started its receive for `push_id` (the ready gate)."""
+    keys = [_ready_key(push_id, r) for r in range(1, group.world_size)]
+    try:
+        group.store.wait(keys, timedelta(seconds=timeout_s))
+    except RuntimeError as e:  # DistStoreError: a timeout
+        late = [r for r, k in zip(range(1, group.world_size), keys) if not group.store.check([k])]
+        raise RuntimeError(f"weight push {push_id}: group ranks {late} did not start receiving within {timeout_s:g}s "
+                           f"(an inference worker busy or dead); nothing was sent") from e
 
 
-def receive_tensors(group: WeightGroup, metas: list[TensorMeta]) -> tuple[list[tuple[str, torch.Tensor]],
-                                                                          dict[str, float]]:
-    """A receiver: every tensor arrives back to back (nothing else runs between broadcasts, so the transfer runs at
-    the group's bandwidth); returns them in metadata order and their {name: checksum}."""
-    out = []
-    for m in metas:
-        t = torch.empty(m.shape, dtype=getattr(torch, m.dtype), device=group.device)
-        _broadcast(group, t)
-        out.append((m.name, t))
-    return out, {name: checksum(t) for name, t in out}
+def send_stream(group: WeightGroup, plan: Plan, tensors: Iterable[list[torch.Tensor]],
+                push_id: int) -> tuple[list[int], float]:
+    """Rank 0: after the ready gate, pack and broadcast every bucket of `plan` (`tensors`: one list per bucket, in
+    entry order; the iterator may gather them lazily). Returns the per-bucket checksums (one host sync) and the
+    seconds spent waiting at the gate."""
+    t0 = time.perf_counter()
+    await_receivers(group, push_id, group.timeout_s)
+    gate_seconds = time.perf_counter() - t0
+    if len(group.send_buffers) < 2 or group.send_buffers[0].numel() < plan.max_bucket:
+        # kept across pushes (2 x the largest bucket on rank 0): refilling warm memory, not faulting in new pages
+        group.send_buffers = [torch.empty(plan.max_bucket, dtype=torch.uint8, device=group.device) for _ in "ab"]
+    works: list = [None, None]
+    sums = []
+    for k, (bucket, ts) in enumerate(zip(plan.buckets, tensors, strict=True)):
+        slot = k % 2
+        if works[slot] is not None:
+            works[slot].wait()  # the buffer's previous bucket has left
+        buf = group.send_buffers[slot][:bucket.nbytes]
+        pack(bucket, ts, buf)
+        works[slot] = _broadcast(group, buf)
+        sums.append(checksum(buf))  # reads the buffer while it is on the wire
+    for w in works:
+        if w is not None:
+            w.wait()
+    for r in range(1, group.world_size):
+        group.store.delete_key(_ready_key(push_id, r))
+    return (torch.stack(sums).tolist() if sums else []), gate_seconds
 
 
-def verify_checksums(sent: dict[str, float], received: dict[str, float], who: str, rtol: float = 1e-9) -> None:
-    """Raise if a receiver is missing a tensor or got different bytes."""
-    missing = sorted(set(sent) - set(received))
-    if missing:
-        raise RuntimeError(f"weight push to {who} incomplete: {len(missing)} tensors missing, e.g. {missing[:3]}")
-    bad = [n for n, s in sent.items() if abs(received[n] - s) > rtol * max(1.0, abs(s))]
+def receive_stream(group: WeightGroup, plan: Plan, push_id: int, sums: list) -> Iterator[tuple[str, torch.Tensor]]:
+    """A receiver: posts the first bucket's receive and marks itself ready at once (bucket 0 lands while the engine
+    prepares its reload); returns an iterator of (name, view) for every tensor and tied alias of `plan`, in order, as
+    the buckets arrive. Appends each bucket's checksum (a device tensor) to `sums`. The consumer must exhaust it (see
+    `drain`), or the sender blocks until its timeout."""
+    pending = _post(group, plan, 0)
+    group.store.set(_ready_key(push_id, group.rank), b"1")
+    return _stream(group, plan, pending, sums)
+
+
+def _stream(group: WeightGroup, plan: Plan, pending, sums: list) -> Iterator[tuple[str, torch.Tensor]]:
+    """Bucket k+1 is posted once the consumer took the first tensor of bucket k (so it has let go of bucket k-1):
+    at most two buckets are alive, the one being loaded and the one landing."""
+    for k, bucket in enumerate(plan.buckets):
+        buf, work = pending
+        work.wait()
+        items = unpack(bucket, buf)
+        for i, item in enumerate(items):
+            yield item
+            if i == 0:
+                pending = _post(group, plan, k + 1)
+                sums.append(checksum(buf))  # while bucket k+1 lands
+        del buf, items, item
+
+
+def _post(group: WeightGroup, plan: Plan, k: int):
+    if k >= len(plan.buckets):
+        return None
+    buf = torch.empty(plan.buckets[k].nbytes, dtype=torch.uint8, device=group.device)
+    return buf, _broadcast(group, buf)
+
+
+def drain(stream: Iterator) -> None:
+    """Receive (and drop) whatever a failed consumer left in `stream`, so the sender is not left waiting."""
+    for _ in stream:
+        pass
+
+
+def verify_checksums(sent: list[int], received: list[int], plan: Plan, who: str) -> None:
+    """Raise if a receiver got fewer buckets than were sent or different bytes in one."""
+    if len(received) != len(sent):
+        raise RuntimeError(f"weight push to {who} incomplete: {len(received)} of {len(sent)} buckets arrived")
+    bad = [k for k, (s, r) in enumerate(zip(sent, received)) if s != r]
     if bad:
-        raise RuntimeError(f"weight push to {who} corrupted: checksum mismatch on {bad[:3]}")
+        first = plan.buckets[bad[0]].entries
+        raise RuntimeError(f"weight push to {who} corrupted: checksum mismatch in {len(bad)} buckets, first bucket "
+                           f"{bad[0]} ({first[0].name} .. {first[-1].name})")

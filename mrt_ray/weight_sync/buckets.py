@@ -1,0 +1,173 @@
+"""The layout of a weight push: the learner's state dict packed, in metadata order, into flat byte buckets.
+
+A bucket is one uint8 buffer holding several whole tensors (any dtypes) at aligned offsets; it is broadcast in one
+operation and unpacked on the receiver into views (no copy). The plan is computed once, at connect time, from the
+learner's metadata and travels to every member of the weight group, so sender and receivers agree on every offset.
+
+- Tied tensors (e.g. `lm_head.weight` tied to `model.embed_tokens.weight`) are sent once: the alias rides on its
+  source's entry and the receiver yields the same view under both names, in the same load call.
+- A bucket boundary never splits a load group (the tensors of one module's parent, e.g. a layer's q/k/v projections,
+  which vLLM fuses into one layer and holds until all arrive) unless the group alone exceeds the bucket; a tensor
+  larger than the bucket travels alone. So a receiver never holds more than the buckets in flight, whatever the model
+  size: a 7B model never needs a second full copy of its weights.
+- Integrity: an integer checksum per bucket, computed in chunks on an int32 view of the bytes (exact, order-aware
+  across 1 MiB chunks, never a widened copy of a whole tensor), as a device tensor: one host sync per push.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+ALIGN = 64  # byte alignment of every tensor in a bucket (any dtype's view is legal; bucket sizes stay int32-viewable)
+CHUNK = 2**20  # bytes per checksum chunk: its int64 widening (a 2 MiB temporary) is all the checksum allocates
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # e.g. "bfloat16"
+    offset: int  # byte offset inside its bucket
+    aliases: tuple[str, ...] = ()  # names tied to this tensor: loaded from the same bytes
+
+    @property
+    def nbytes(self) -> int:
+        return _numel(self.shape) * _itemsize(self.dtype)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    nbytes: int  # a multiple of ALIGN
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    buckets: tuple[Bucket, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire per push (tied aliases are not sent; bucket padding is)."""
+        return sum(b.nbytes for b in self.buckets)
+
+    @property
+    def max_bucket(self) -> int:
+        return max((b.nbytes for b in self.buckets), default=0)
+
+    def names(self) -> list[str]:
+        """Every name a receiver loads, aliases included, in stream order."""
+        return [n for b in self.buckets for e in b.entries for n in (e.name, *e.aliases)]
+
+
+def state_metas(state: dict[str, torch.Tensor]) -> list[tuple]:
+    """(name, shape, dtype, tied_to) per entry of a `state_dict(keep_vars=True)`; tied_to names the entry where the
+    same parameter object (e.g. lm_head tied to embed_tokens) first appeared, else "". ZeRO-3 parameters report their
+    full shape (`ds_shape`)."""
+    metas, first = [], {}
+    for name, t in state.items():
+        shape = tuple(t.ds_shape) if hasattr(t, "ds_shape") else tuple(t.shape)
+        tied_to = first.setdefault(id(t), name)
+        metas.append((name, shape, str(t.dtype).removeprefix("torch."), "" if tied_to == name else tied_to))
+    return metas
+
+
+def load_group(name: str) -> str:
+    """Tensors a loader may hold until all of them arrived: those of one module's parent (e.g.
+    `model.layers.3.self_attn` for q/k/v_proj, `model.layers.3.mlp` for gate/up_proj)."""
+    return name.rsplit(".", 2)[0] if name.count(".") >= 2 else name
+
+
+def plan_buckets(metas: list[tuple], bucket_bytes: int) -> Plan:
+    """Pack `metas` ((name, shape, dtype, tied_to) in state-dict order; tied_to "" or the source's name) into buckets
+    of at most `bucket_bytes` (a larger group or tensor gets a bucket to itself)."""
+    if bucket_bytes < ALIGN:
+        raise ValueError(f"bucket size {bucket_bytes} B is below the {ALIGN} B alignment")
+    aliases: dict[str, list[str]] = {}
+    sources = []
+    for name, shape, dtype, tied_to in metas:
+        if tied_to:
+            if tied_to not in aliases:
+                raise ValueError(f"{name!r} is tied to {tied_to!r}, which does not come before it in the state dict")
+            aliases[tied_to].append(name)
+        else:
+            aliases[name] = []
+            sources.append((name, tuple(shape), dtype))
+    groups: list[list[tuple]] = []  # consecutive tensors of one load group
+    for m in sources:
+        if groups and load_group(groups[-1][-1][0]) == load_group(m[0]):
+            groups[-1].append(m)
+        else:
+            groups.append([m])
+    buckets: list[list[tuple]] = [[]]
+    size = 0
+    for group in groups:
+        need = sum(_padded(_numel(s) * _itemsize(d)) for _, s, d in group)
+        if size and size + need > bucket_bytes:
+            buckets.append([])
+            size = 0
+        for m in group:  # fits, or the group alone is larger than a bucket: split it tensor by tensor
+            n = _padded(_numel(m[1]) * _itemsize(m[2]))
+            if size and size + n > bucket_bytes and need > bucket_bytes:
+                buckets.append([])
+                size = 0
+            buckets[-1].append(m)
+            size += n
+    out = []
+    for ms in buckets:
+        entries, off = [], 0
+        for name, shape, dtype in ms:
+            entries.append(Entry(name, shape, dtype, off, tuple(aliases[name])))
+            off += _padded(_numel(shape) * _itemsize(dtype))
+        if entries:
+            out.append(Bucket(max(off, ALIGN), tuple(entries)))
+    return Plan(tuple(out))
+
+
+def pack(bucket: Bucket, tensors: list[torch.Tensor], out: torch.Tensor) -> None:
+    """Copy `tensors` (one per entry, in order) into the uint8 buffer `out` (at least bucket.nbytes)."""
+    for e, t in zip(bucket.entries, tensors, strict=True):
+        if tuple(t.shape) != e.shape or str(t.dtype).removeprefix("torch.") != e.dtype:
+            raise RuntimeError(f"weight push: {e.name} is {tuple(t.shape)} {t.dtype}, the plan says {e.shape} "
+                               f"{e.dtype} (the model changed after connect)")
+        _view(out, e).copy_(t)
+
+
+def unpack(bucket: Bucket, buf: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """(name, view into `buf`) for every entry and alias of `bucket`, in stream order: no copy."""
+    out = []
+    for e in bucket.entries:
+        t = _view(buf, e)
+        out.extend((n, t) for n in (e.name, *e.aliases))
+    return out
+
+
+def checksum(buf: torch.Tensor) -> torch.Tensor:
+    """Order-aware integer checksum of a uint8 buffer (length a multiple of 4) as a 0-dim int64 device tensor:
+    per chunk the exact int64 sum of its int32 words (|sum| < 2**53), folded as (total * P + chunk_sum) mod M with no
+    overflow anywhere, so the value is exact and equal on every device. Temporary memory: one widened chunk."""
+    words = buf.view(torch.int32)
+    step = CHUNK // 4
+    total = torch.zeros((), dtype=torch.int64, device=buf.device)
+    for i in range(0, words.numel(), step):
+        total = torch.remainder(total * 1_000_003 + words[i:i + step].sum(dtype=torch.int64), 2**31 - 1)
+    return total
+
+
+def _view(buf: torch.Tensor, e: Entry) -> torch.Tensor:
+    return buf[e.offset:e.offset + e.nbytes].view(getattr(torch, e.dtype)).view(e.shape)
+
+
+def _padded(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _itemsize(dtype: str) -> int:
+    return torch.empty((), dtype=getattr(torch, dtype)).element_size()
