@@ -80,11 +80,13 @@ def test_missing_model_dir_fails_before_ray(tmp_path):
 
 
 def test_a_training_run_dir_stands_for_its_latest_checkpoint(tmp_path):
+    from mrt_ray.checkpoint import write_manifest
     from mrt_ray.models import resolve_model_path
 
     ckpt = tmp_path / "run" / "checkpoints" / "step_000007"
     (ckpt / "hf").mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text("{}")
+    write_manifest(ckpt)  # a checkpoint counts once its manifest is written
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step_000007")
     assert resolve_model_path(str(tmp_path / "run"), ModelConfig()) == str(ckpt / "hf")
     assert resolve_model_path(str(ckpt / "hf"), ModelConfig()) == str(ckpt / "hf")
