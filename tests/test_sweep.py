@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mrt_ray import sweep
+from mrt_ray.checkpoint import write_manifest
 from mrt_ray.config import Config, ConfigError, from_yaml_file, load_config, to_yaml
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -146,6 +147,7 @@ def test_sweep_continues_an_interrupted_sweep(make_cfg, tmp_path):
         if ckpt:
             (d / "checkpoints" / "step_000001").mkdir(parents=True)
             (d / "checkpoints" / "step_000001" / "trainer_state.json").write_text('{"step": 1}')
+            write_manifest(d / "checkpoints" / "step_000001")
             (d / "checkpoints" / "latest").write_text("step_000001")
     train = FakeTrain()
     sweep.run_sweep(cfg, train)

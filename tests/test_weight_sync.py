@@ -122,11 +122,11 @@ def _vm_kib(key: str) -> int:
     raise KeyError(key)
 
 
-def _member(rank, port, mib, bucket_mib, receiver_delay, gate_timeout, out):
+def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, out):
     torch.set_num_threads(1)
-    from mrt_ray.weight_sync.group import create_group, drain, receive_stream, send_stream
+    from mrt_ray.weight_sync.group import drain, receive_stream, send_stream
 
-    group = create_group("gloo", "127.0.0.1", port, rank, 2, timeout_s=60.0)
+    group = _join(rank, ports)
     group.timeout_s = gate_timeout
     # the receiver's "model": its own weights, which the push overwrites (seed 1); the sender holds seed 2
     state = _state(2 if rank == 0 else 1, mib)
@@ -162,11 +162,8 @@ def _member(rank, port, mib, bucket_mib, receiver_delay, gate_timeout, out):
 
 def _run(mib=96, bucket_mib=4, receiver_delay=0.0, gate_timeout=60.0):
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    from mrt_ray.utils import free_port
-
-    port = free_port()
-    procs = [ctx.Process(target=_member, args=(r, port, mib, bucket_mib, receiver_delay, gate_timeout, out))
+    out, ports = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_member, args=(r, ports, mib, bucket_mib, receiver_delay, gate_timeout, out))
              for r in (0, 1)]
     # RSS then tracks live memory: glibc's adaptive threshold would serve freed buckets from a heap it keeps mapped
     env = os.environ.get("MALLOC_MMAP_THRESHOLD_")
@@ -216,24 +213,31 @@ def test_ready_gate_waits_for_a_late_receiver_and_names_a_missing_one():
     assert "group ranks [1] did not start receiving within 2s" in msg and "nothing was sent" in msg
 
 
-def _rebuild_member(rank, ports, out):
+def _join(rank, ports):
+    """A two-member group; rank 0 binds the store's socket first and tells rank 1 its port (as the learner does)."""
+    from mrt_ray.utils import LOOPBACK, listen_socket
     from mrt_ray.weight_sync.group import create_group
 
-    old = create_group("gloo", "127.0.0.1", ports[0], rank, 2, timeout_s=30.0)
+    if rank == 0:
+        sock = listen_socket(LOOPBACK)
+        ports.put(sock.getsockname()[1])
+        return create_group("gloo", LOOPBACK, sock.getsockname()[1], 0, 2, 30.0, listen_fd=sock.detach())
+    return create_group("gloo", LOOPBACK, ports.get(timeout=60), 1, 2, 30.0)
+
+
+def _rebuild_member(rank, ports, out):
+    old = _join(rank, ports)
     old.close()
     assert old.pg is None and old.store is None
-    new = create_group("gloo", "127.0.0.1", ports[1], rank, 2, timeout_s=30.0)
+    new = _join(rank, ports)
     t = torch.full((4,), float(rank))
     new.pg.allreduce([t]).wait()
     out.put(t.tolist())
 
 
 def test_a_rebuilt_group_aborts_the_old_one_and_works():
-    from mrt_ray.utils import free_port
-
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    ports = [free_port(), free_port()]
+    out, ports = ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=_rebuild_member, args=(r, ports, out)) for r in (0, 1)]
     for p in procs:
         p.start()
