@@ -10,6 +10,7 @@ a dead worker is then an error naming it.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from mrt_ray.trajectory import Trajectory
 
 if TYPE_CHECKING:
     from mrt_ray.weight_sync.push import WeightSync
+
+log = logging.getLogger(__name__)
 
 
 def request_seed(*parts) -> int:
@@ -93,8 +96,8 @@ class RolloutPool:
                 raise RuntimeError(f"{name} was lost ({cause}) and this pool has no pushed weights to re-arm a "
                                    f"restarted worker with")
             info = wait_ready(self.workers[chunk.worker], name, self.sync.timeout_s)
-            print(f"mrt-ray: {name} lost ({cause}); restarted as pid {info['pid']}; pushing policy version "
-                  f"{self.sync.version} and re-running its {len(chunk.requests)} requests", flush=True)
+            log.warning("%s lost (%s); restarted as pid %s; pushing policy version %s and re-running its %d requests",
+                        name, cause, info["pid"], self.sync.version, len(chunk.requests))
             self.sync.push(self.sync.version)  # finds the new process, rebuilds the weight group, verifies
             self.reruns += 1
             chunk = self._start(chunk.worker, chunk.requests, chunk.reruns + 1)

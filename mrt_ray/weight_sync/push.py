@@ -9,6 +9,7 @@ process id; the weight group is then rebuilt (every member joins a NEW group on 
 and all its operations carry a timeout) and the push goes to all workers, the restarted one included."""
 from __future__ import annotations
 
+import logging
 import time
 
 import ray
@@ -16,6 +17,8 @@ import ray
 from mrt_ray.actors import Placement, wait_ready
 from mrt_ray.learner.group import LearnerGroup
 from mrt_ray.weight_sync.group import verify_checksums
+
+log = logging.getLogger(__name__)
 
 
 class WeightSync:
@@ -54,8 +57,7 @@ class WeightSync:
         infos = self._ready()
         restarted = [i for i, (info, pid) in enumerate(zip(infos, self.pids)) if info["pid"] != pid]
         if restarted:
-            print(f"mrt-ray: inference workers {restarted} were restarted (new processes); rebuilding the weight "
-                  f"group", flush=True)
+            log.warning("inference workers %s were restarted (new processes); rebuilding the weight group", restarted)
             self.restarts += len(restarted)
             self.connect(infos)
         t0 = time.perf_counter()
