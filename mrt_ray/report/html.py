@@ -120,8 +120,9 @@ def render(runs: list[Run], evals: list[Eval], paths: list[Path]) -> str:
                           "± its standard error over prompts.") + "</p>"))
         sections.append(("Learning curves", _figure(
             plots.learning_curves(groups), "learning curves",
-            ci + "top: training batches (faint: every step of a single run); bottom: held-out evaluations "
-            "(error bars: standard error over prompts for a single run). metrics.jsonl: reward, accuracy, "
+            ci + "top: training batches (faint: every step of a single run); bottom: held-out evaluations, each "
+            "at the number of updates before it (error bars: standard error over prompts for a single run). "
+            "metrics.jsonl: reward, accuracy, "
             "tokens_mean, eval/sampled_accuracy, eval/sampled_tokens_mean, eval/greedy_accuracy.")))
         sections.append(("Step time and weight push", _figure(
             plots.step_times(groups), "step time breakdown",

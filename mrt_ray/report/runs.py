@@ -31,10 +31,13 @@ class Run:
 
     def series(self, key: str, evals: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of `key`: training steps (step >= 0 rows that have step_seconds), or, with `evals`,
-        the held-out evaluations (the one before training, step -1, is drawn at step 0)."""
-        pts = [(max(r["step"], 0), r[key]) for r in self.rows
-               if isinstance(r.get(key), (int, float)) and (evals or "step_seconds" in r)]
-        pts.sort()
+        the held-out evaluations at the number of updates before them (0 before training; a training row's
+        evaluation follows its step's update: step + 1; the final one: train.steps)."""
+        def x(r: dict) -> int:
+            return r["step"] + 1 if evals and "step_seconds" in r else max(r["step"], 0)
+
+        rows = [r for r in self.rows if isinstance(r.get(key), (int, float)) and (evals or "step_seconds" in r)]
+        pts = sorted((x(r), r[key]) for r in rows)
         return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
 
     def has(self, key: str) -> bool:
