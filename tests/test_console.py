@@ -22,10 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m mrt_ray ARGS` as a user runs it; its output as written (bytes decoded here: text mode would turn
+    the bar's carriage returns into newlines)."""
     env = {**{k: v for k, v in os.environ.items() if k not in ("WANDB_SERVICE", console.VERBOSE_ENV)},
            "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "mrt_ray", *args], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", "mrt_ray", *args], capture_output=True, cwd=REPO, env=env,
+                          timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
+                                       proc.stderr.decode(errors="replace"))
 
 
 class Boom:
