@@ -1,7 +1,12 @@
 """The Ray edge: start or join a cluster, reserve resources in one placement group, and turn the plain classes
-(Learner, RolloutWorker) into actors. Nothing else in mrt-ray calls Ray's actor API."""
+(Learner, RolloutWorker) into actors. Nothing else in mrt-ray calls Ray's actor API.
+
+Every actor writes its output to the run's logs/<role>-<index>.log (quiet console, mrt_ray/console.py) and an
+exception in any of its methods carries a one-line note naming the actor, the method and that log."""
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import secrets
@@ -13,10 +18,12 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from mrt_ray import console
 from mrt_ray.config import Config
 from mrt_ray.utils import free_port
 
 log = logging.getLogger("mrt_ray")
+ROLE_NAMES = {"learner": "learner rank", "rollout": "rollout worker", "estimator": "estimator worker"}
 
 
 def init_ray(cfg: Config) -> None:
@@ -26,8 +33,9 @@ def init_ray(cfg: Config) -> None:
         return
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "VLLM_LOGGING_LEVEL": "WARNING"}}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    to_driver = not console.quiet()  # quiet: each actor writes its own log file instead
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ray.init(address=address, runtime_env=env, log_to_driver=to_driver)
     else:
         private_auth_token()
         port = cfg.ray.dashboard_port
@@ -37,7 +45,7 @@ def init_ray(cfg: Config) -> None:
                 log.warning("dashboard port %s is taken; using 127.0.0.1:%s", cfg.ray.dashboard_port, port)
             try:
                 ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=True, dashboard_host="127.0.0.1",
-                         dashboard_port=port, runtime_env=env, log_to_driver=True)
+                         dashboard_port=port, runtime_env=env, log_to_driver=to_driver)
                 return
             except Exception as e:  # noqa: BLE001 - a concurrent run took the port between the check and the bind
                 ray.shutdown()
@@ -131,6 +139,9 @@ class Placement:
             flat.extend(bs)
         key = cfg.ray.role_label
         selectors = [{key: ROLE_NODES[role]} for role, bs in self.roles.items() for _ in bs] if key else None
+        self.run_dir = cfg.run.dir
+        log.info("starting %s on Ray", ", ".join(f"{len(bs)} {ROLE_NAMES.get(r, r)}{'s' * (len(bs) != 1)}"
+                                                  for r, bs in self.roles.items()))
         self.pg = placement_group(flat, strategy="PACK", bundle_label_selector=selectors)
         ready, _ = ray.wait([self.pg.ready()], timeout=cfg.ray.placement_timeout_s)
         if not ready:
@@ -148,8 +159,10 @@ class Placement:
 
     def actor(self, cls, role: str, i: int, *args, threads: int = 1, max_restarts: int = 0, env: dict | None = None):
         bundle = self.roles[role][i]
-        env_vars = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **(env or {})}
-        return ray.remote(cls).options(
+        env_vars = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **(env or {}),
+                    console.ACTOR_ENV: f"{ROLE_NAMES.get(role, role)} {i}",
+                    console.ACTOR_LOG_ENV: console.actor_log(self.run_dir, role, i) if self.run_dir else ""}
+        return ray.remote(logged(cls)).options(
             num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0), scheduling_strategy=self.strategy(role, i),
             max_restarts=max_restarts, max_task_retries=0, runtime_env={"env_vars": env_vars},
         ).remote(*args)
@@ -161,6 +174,34 @@ class Placement:
     def node_ip(self, role: str, i: int) -> str:
         """IP of the node holding bundle (role, i) (where a rendezvous store of that actor listens)."""
         return ray.get(_node_ip.options(num_cpus=0, scheduling_strategy=self.strategy(role, i)).remote())
+
+
+_LOGGED: dict[type, type] = {}
+
+
+def logged(cls: type) -> type:
+    """`cls` as an actor class: its process's output goes to its log file (`console.redirect_actor_output`) and an
+    exception in __init__ ("start") or a public method gets the note the driver prints (`console.note_failure`)."""
+    if cls not in _LOGGED:
+        def guard(fn, name: str):
+            @functools.wraps(fn)
+            def call(self, *args, **kwargs):
+                try:
+                    return fn(self, *args, **kwargs)
+                except Exception as e:
+                    console.note_failure(e, name)
+                    raise
+            return call
+
+        def init(self, *args, **kwargs):
+            console.redirect_actor_output()
+            guard(cls.__init__, "start")(self, *args, **kwargs)
+
+        methods = {name: guard(fn, name) for name, fn in inspect.getmembers(cls, inspect.isfunction)
+                   if not name.startswith("_") and not isinstance(inspect.getattr_static(cls, name), staticmethod)}
+        _LOGGED[cls] = type(cls.__name__, (cls,), {**methods, "__init__": init, "__doc__": cls.__doc__,
+                                                   "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return _LOGGED[cls]
 
 
 def wait_ready(actor, name: str, timeout_s: float, key: str) -> dict:

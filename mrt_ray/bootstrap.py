@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mrt_ray import console
 from mrt_ray.config import BootstrapConfig, Config, TaskConfig
 from mrt_ray.tasks.embedded import make_trace, style_weights, task_problem
 from mrt_ray.utils import atomic_dir, seed_everything
@@ -162,7 +163,8 @@ def _train_base(cfg: Config, out: Path, eval_size: int | None) -> None:
     )
     t0 = time.time()
     model.train()
-    bar = tqdm(range(bc.steps), desc=f"bootstrap SFT ({n_params / 1e6:.2f}M params)", mininterval=2)
+    bar = tqdm(range(bc.steps), desc=f"bootstrap SFT ({n_params / 1e6:.2f}M params)", mininterval=2,
+               file=console.term())
     for step in bar:
         ids, labels, mask = sft_batch(tok, cfg.task, bc, cfg.seed, step, bc.batch_size)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss

@@ -1,12 +1,17 @@
-"""`mrt-ray` command line: train, bootstrap, eval, sweep, star. User mistakes print one clear message (no traceback)
-and exit 2; `--dry-run` prints the resolved configuration and exits."""
+"""`mrt-ray` command line: train, bootstrap, eval, sweep, star, grid, report. The console shows mrt-ray's own lines
+and one progress bar; the output of the libraries underneath goes to the run's logs/ folder (mrt_ray/console.py;
+`-v` shows it here). User mistakes print one clear message (no traceback) and exit 2; a failure inside the run prints
+one line with the log that holds its traceback and exits 1; `--dry-run` prints the resolved configuration and
+exits."""
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+import traceback
+from pathlib import Path
 
+from mrt_ray import console
 from mrt_ray.config import ConfigError, load_config, to_yaml
 from mrt_ray.validation import validate
 
@@ -22,6 +27,10 @@ COMMANDS = {
     "grid": "train every method of grid.methods with every seed of grid.seeds, evaluate each seed's base policy and "
             "checkpoints, and write the seed statistics (mean +- 95%% CI, paired differences against grid.baseline)",
 }
+REPORT = ("write one self-contained HTML page for training runs, eval directories and sweeps: learning curves, step "
+          "times, push checks, progress and J by episode, budget forcing and regret, traces coloured by progress; "
+          "runs of one config with several seeds are shown as means with 95% confidence intervals")
+VERBOSE = "also show the output of vLLM, DeepSpeed, Ray, W&B and torch here (else: <run>/logs/); or MRT_RAY_VERBOSE=1"
 
 
 def _user_error(e: BaseException) -> bool:
@@ -38,12 +47,36 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_, description=help_)
         s.add_argument("--config", help="a YAML file merged over conf/default.yaml")
         s.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+        s.add_argument("-v", "--verbose", action="store_true", help=VERBOSE)
         s.add_argument("overrides", nargs="*", help="key=value (OmegaConf dotlist) or group=preset (algo=mrt)")
+    s = sub.add_parser("report", help=REPORT.split(":")[0], description=REPORT)
+    s.add_argument("paths", nargs="+", metavar="RUN",
+                   help="a run directory (metrics.jsonl), an eval directory (eval.json) or a sweep directory")
+    s.add_argument("-o", "--out", help="the HTML file (default: RUN/report.html for one run, else "
+                                       "report-<time>.html beside the runs)")
+    s.add_argument("-v", "--verbose", action="store_true", help=VERBOSE)
     return p
+
+
+def _trained(cfg, summary: dict) -> str:
+    """The one line that ends `mrt-ray train`: where the run is and its final held-out numbers."""
+    run_dir = console.shown(cfg.resume or cfg.run.dir)
+    acc, se = summary.get("eval/sampled_accuracy"), summary.get("eval/sampled_accuracy_se")
+    held = "" if acc is None else (f"; held-out sampled accuracy {100 * acc:.1f}% ± {100 * (se or 0):.1f}, "
+                                   f"{summary.get('eval/sampled_tokens_mean', float('nan')):.1f} tokens")
+    return (f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s{held}. Summary: "
+            f"{run_dir}/summary.json; see it: mrt-ray report {run_dir}")
 
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    console.setup(args.verbose)
+    if args.command == "report":
+        from mrt_ray.report import write_report
+
+        path = write_report([Path(p) for p in args.paths], Path(args.out) if args.out else None)
+        console.log.info("wrote %s", console.shown(path))
+        return 0
     overrides = args.overrides
     if args.command == "eval":  # model= and data= are eval's own arguments (mrt_ray/eval/plan.py), not config keys
         from mrt_ray.eval.plan import parse_eval_args
@@ -55,53 +88,53 @@ def run(argv: list[str]) -> int:
     cfg = load_config(args.config, overrides)
     validate(cfg)
     if args.dry_run:
-        print(to_yaml(cfg), end="")
+        print(to_yaml(cfg), end="", file=console.out())
         return 0
+    if args.command in ("train", "star", "sweep", "grid") and not cfg.resume:
+        from mrt_ray.models import check_model
+
+        check_model(cfg)  # before a run directory is made
     if args.command == "bootstrap":
         from mrt_ray.bootstrap import bootstrap
 
+        console.attach(cfg.bootstrap.cache_dir, "bootstrap")
         path = bootstrap(cfg)
-        print(json.dumps({"model": str(path), **json.loads((path / "bootstrap.json").read_text())}, indent=2))
+        result = {"model": str(path), **json.loads((path / "bootstrap.json").read_text())}
     elif args.command in ("train", "star"):
         from mrt_ray.trainer import train
 
-        summary = train(cfg)
-        print(json.dumps(summary, indent=2))
+        console.log.info(_trained(cfg, train(cfg)))
+        return 0
     elif args.command == "eval":
         from mrt_ray.eval.runner import run_eval
 
-        print(json.dumps(run_eval(cfg, eval_args.models), indent=2))
+        result = run_eval(cfg, eval_args.models)
     elif args.command == "sweep":
         from mrt_ray.sweep import run_sweep
 
-        print(json.dumps(run_sweep(cfg), indent=2))
-    elif args.command == "grid":
+        result = run_sweep(cfg)
+    else:  # grid
         from mrt_ray.grid import run_grid
 
-        print(json.dumps(run_grid(cfg, args.config, list(overrides)), indent=2))
+        result = run_grid(cfg, args.config, list(overrides))
+    print(json.dumps(result, indent=2), file=console.out())
     return 0
 
 
-def _console_logging() -> None:
-    """mrt-ray's own operational events (logger "mrt_ray") as `mrt-ray: <message>` lines on stderr."""
-    logger = logging.getLogger("mrt_ray")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("mrt-ray: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
-    _console_logging()
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
-        print("mrt-ray: interrupted", file=sys.stderr)
+        print("mrt-ray: interrupted", file=console.term())
         return 130
-    except Exception as e:  # noqa: BLE001 - user errors get one line, bugs keep their traceback
+    except Exception as e:  # noqa: BLE001 - user errors get one line; a failure one line and its log
         if _user_error(e):
-            print(f"mrt-ray: {e}", file=sys.stderr)
+            print(f"mrt-ray: {e}", file=console.term())
             return 2
-        raise
+        if console.verbose() or (console.log_file() is None and console.failure_line(e) is None):
+            raise  # the traceback on the console: asked for, or there is no log to point to
+        traceback.print_exc()  # into the driver's log (stderr is redirected there)
+        print(f"mrt-ray: {console.error_line(e)}", file=console.term())
+        return 1
+    finally:
+        console.restore()

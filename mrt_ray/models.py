@@ -12,18 +12,23 @@ from pathlib import Path
 
 import torch
 
-from mrt_ray.config import Config, ModelConfig
+from mrt_ray.config import Config, ConfigError, ModelConfig
 from mrt_ray.utils import atomic_dir
+
+
+def check_model(cfg: Config) -> None:
+    """A training config must name its model: model.path, or nothing for the embedded task (its own base model)."""
+    if not cfg.model.path and cfg.task.name != "embedded":
+        raise ConfigError(f"model.path is empty: task.name={cfg.task.name} needs a model; give model.path=<HF "
+                          f"causal-LM directory or .gguf file> (the embedded base model only knows the embedded task)")
 
 
 def resolve_model(cfg: Config) -> str:
     """The base policy's HF directory: model.path (a GGUF checkpoint converted on first use), or the embedded base
     model (bootstrapped on first use)."""
+    check_model(cfg)
     if cfg.model.path:
         return hf_model_dir(cfg.model.path, cfg.model)
-    if cfg.task.name != "embedded":
-        raise ValueError(f"model.path is empty: task.name={cfg.task.name} needs a model; give model.path=<HF "
-                         f"causal-LM directory or .gguf file> (the embedded base model only knows the embedded task)")
     from mrt_ray.bootstrap import bootstrap  # late: bootstrap trains with torch only when the cache is cold
 
     return str(bootstrap(cfg))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from mrt_ray import console
 from mrt_ray.config import Config, ConfigError, to_yaml
 from mrt_ray.eval.plots import plot_pareto
 from mrt_ray.members import TrainFn, run_member
@@ -140,12 +141,14 @@ def run_sweep(cfg: Config, train_fn: TrainFn | None = None) -> dict:
     cfg.run.dir = str(root)
     members = [member_config(cfg, root, a) for a in cfg.sweep.alphas]
     root.mkdir(parents=True, exist_ok=True)
+    console.attach(root, "sweep")  # quiet console: the libraries' output to logs/ (each member: its own run's)
     (root / "sweep_config.yaml").write_text(to_yaml(cfg))
     results, rows = [], []
     for m in members:
         summary, status = run_member(m, train_fn)
         rows.append(member_row(m.algo.alpha, summary, str(Path(m.run.dir) / "summary.json")))
         results.append({"alpha": m.algo.alpha, "dir": m.run.dir, "status": status, "summary": summary})
+    console.attach(root, "sweep")
     plot = plot_pareto(pareto_points(rows), root / "pareto.png")
     (root / "sweep.md").write_text(markdown(rows, cfg))
     report = {"dir": str(root), "seed": cfg.seed, "steps": cfg.train.steps, "alphas": list(cfg.sweep.alphas),

@@ -11,11 +11,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mrt_ray import console
 from mrt_ray.config import Config, to_dict
+from mrt_ray.report.traces import scale, trace_html
 
 # secret-looking names (config keys and env vars); not `max_new_tokens` or `question_key`, which are no secrets
 SECRET = re.compile(r"(api_?key|access_?key|private_?key|secret|passw(or)?d|credential|^(key|token)$|_token$)", re.I)
 HEADLINE = ("reward", "accuracy", "tokens_mean", "kl", "step_seconds")
+SAMPLE_COLUMNS = ["prompt", "completion", "reward", "length", "episodes", "progress", "trace"]
 
 
 def redact(obj):
@@ -40,7 +43,9 @@ class Tracker:
     def __init__(self, cfg: Config, run_dir: Path, total_steps: int, start_step: int = 0, wandb_id: str = ""):
         self.cfg, self.dir = cfg, run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        self.samples_path = run_dir / "samples.jsonl"
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                        file=console.term())
         self.wandb = None
         self.wandb_id = wandb_id
         mode = cfg.wandb.mode
@@ -71,18 +76,19 @@ class Tracker:
         self.wandb.define_metric("*", step_metric="step")
 
     def truncate(self, last_step: int) -> None:
-        """Drop metrics past `last_step` (a resumed run rewrites them)."""
-        if not self.metrics_path.exists():
-            return
-        keep = []
-        for ln in self.metrics_path.read_text().splitlines():
-            try:
-                row = json.loads(ln)
-            except json.JSONDecodeError:  # a line torn by a killed process
+        """Drop metrics and sampled traces past `last_step` (a resumed run rewrites them)."""
+        for path in (self.metrics_path, self.samples_path):
+            if not path.exists():
                 continue
-            if row.get("step", -1) <= last_step:
-                keep.append(ln)
-        self.metrics_path.write_text("".join(ln + "\n" for ln in keep))
+            keep = []
+            for ln in path.read_text().splitlines():
+                try:
+                    row = json.loads(ln)
+                except json.JSONDecodeError:  # a line torn by a killed process
+                    continue
+                if row.get("step", -1) <= last_step:
+                    keep.append(ln)
+            path.write_text("".join(ln + "\n" for ln in keep))
 
     def log(self, step: int, metrics: dict, advance: bool = True) -> None:
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
@@ -100,6 +106,20 @@ class Tracker:
             import wandb
 
             self.wandb.log({"step": step, name: wandb.Table(columns=columns, data=rows)})
+
+    def samples(self, step: int, records: list[dict]) -> None:
+        """Sampled traces (`report.traces.trace_records`): appended to samples.jsonl for the report's trace viewer
+        and, with W&B, a table whose `trace` cells show each trace with its episodes coloured by progress."""
+        with self.samples_path.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        if self.wandb is not None:
+            import wandb
+
+            vmax = scale(records)
+            rows = [[r["prompt"], "".join(text for text, _ in r["segments"]), r["reward"], r["length"],
+                     json.dumps(r["spans"]), json.dumps(r["progress"]), wandb.Html(trace_html(r, vmax), inject=False)]
+                    for r in records]
+            self.table("samples", SAMPLE_COLUMNS, rows, step)
 
     def image(self, name: str, path: Path, step: int | None = None) -> None:
         if self.wandb is not None:

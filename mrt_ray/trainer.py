@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrt_ray import checkpoint
+from mrt_ray import checkpoint, console
 from mrt_ray.actors import Placement, init_ray, stop
 from mrt_ray.config import Config, from_yaml_file, to_yaml
 from mrt_ray.eval.heldout import evaluate
@@ -23,6 +23,7 @@ from mrt_ray.learner.group import LearnerGroup
 from mrt_ray.methods import METHODS, StepContext
 from mrt_ray.models import load_tokenizer, resolve_model
 from mrt_ray.recovery import Rearming
+from mrt_ray.report.traces import trace_records
 from mrt_ray.rewards import get_grader
 from mrt_ray.rewards.score import score
 from mrt_ray.rollout.pool import PendingRollout, RolloutPool, collect_rollout, submit_rollout
@@ -57,6 +58,7 @@ class Trainer:
             (run_dir / "config.yaml").write_text(to_yaml(cfg))
         self.cfg, self.dir = cfg, run_dir
         self.method = METHODS.lookup(cfg.algo.name)
+        console.attach(run_dir)  # quiet console: the libraries' output to <run>/logs/
         self.model_path = resolve_model(cfg)
         self.tok = load_tokenizer(self.model_path, cfg.model)
         self.source = PromptSource(cfg, self.tok)
@@ -156,9 +158,8 @@ class Trainer:
         return self.method.build(ctx)
 
     def _log_samples(self, groups, step: int) -> None:
-        rows = [[tr.problem.prompt, tr.completion.text, tr.reward, tr.length, json.dumps(tr.episode_spans),
-                 json.dumps([round(p, 3) for p in tr.progress])] for g in groups[:4] for tr in g[:2]]
-        self.tracker.table("samples", ["prompt", "completion", "reward", "length", "episodes", "progress"], rows, step)
+        decode = lambda ids: self.tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+        self.tracker.samples(step, trace_records([tr for g in groups[:4] for tr in g[:2]], step, decode))
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:

@@ -112,7 +112,9 @@ MEANINGS: dict[str, str] = {
     "wandb.group": "W&B group",
     "wandb.tags": "W&B tags",
     "wandb.name": "W&B run name (empty: run.name)",
-    "wandb.log_samples_every": "log a W&B table of sample completions every this many steps (0: never)",
+    "wandb.log_samples_every": "every this many steps, 8 sampled traces go to <run>/samples.jsonl (the report's trace "
+                               "viewer) and to a W&B table whose HTML cells colour each episode by its progress "
+                               "(0: never)",
     "ray.dashboard_port": "dashboard port of a local cluster (listens on 127.0.0.1 only)",
     "ray.placement_timeout_s": "how long to wait for the placement group holding every actor's resources",
 }

@@ -12,6 +12,15 @@ venv=.venv
 stamp="$venv/.mrt-installed"
 want="$profile:$extras:$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 
+# The browser tests (tests/browser.py opens `mrt-ray report` pages) need Debian's Chromium: installed here with the
+# test extra when it is missing (as root, through apt-get); checked at every run, and a no-op once it is there.
+if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: the browser tests need Chromium: run 'apt-get install chromium' as root" >&2
+  fi
+fi
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi

@@ -329,7 +329,10 @@ def test_field_comments_parser() -> None:
     }
 
 
-@pytest.mark.parametrize("argv", [["--help"], *[[cmd, "--help"] for cmd in ("train", "eval", "sweep", "star", "grid")]])
+COMMANDS = ("train", "bootstrap", "eval", "sweep", "star", "grid", "report")
+
+
+@pytest.mark.parametrize("argv", [["--help"], *[[cmd, "--help"] for cmd in COMMANDS]])
 def test_help_prints_for_every_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.run(argv)

@@ -139,10 +139,13 @@ def test_ray_job_submit_trains_on_the_submitted_cluster(ray_head, tiny_model, tm
     logs = client.get_job_logs(job_id)
     assert status == "SUCCEEDED", f"job {job_id} ended {status}; log tail:\n{logs[-4000:]}"
 
-    # the driver joined the head started here (RAY_ADDRESS set by the job), it did not start a local Ray
-    joined = re.search(r"Connecting to existing Ray cluster at address: (\S+?):(\d+)", logs)
-    assert joined and int(joined.group(2)) == ray_head.gcs_port, logs[-4000:]
-    assert "Started a local Ray instance" not in logs
+    # the driver joined the head started here (RAY_ADDRESS set by the job), it did not start a local Ray; Ray's
+    # lines are in the run's driver log, the job's console has mrt-ray's own lines only
+    driver = (run_dir / "logs" / "driver.log").read_text()
+    joined = re.search(r"Connecting to existing Ray cluster at address: (\S+?):(\d+)", driver)
+    assert joined and int(joined.group(2)) == ray_head.gcs_port, driver[-4000:]
+    assert "Started a local Ray instance" not in driver and "Connecting to existing" not in logs
+    assert "mrt-ray: trained 2 steps" in logs and (run_dir / "logs" / "learner-0.log").is_file()
 
     cfg = from_yaml_file(run_dir / "config.yaml")
     assert cfg.run.dir == str(run_dir) and cfg.model.path == tiny_model and cfg.train.steps == 2

@@ -14,7 +14,7 @@ import pytest
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.stack]
 
 FAKE_KEY = "fake-wandb-key-0123456789abcdef"  # set as WANDB_API_KEY; must never reach W&B
-SAMPLE_COLUMNS = ["prompt", "completion", "reward", "length", "episodes", "progress"]
+SAMPLE_COLUMNS = ["prompt", "completion", "reward", "length", "episodes", "progress", "trace"]
 
 
 def _inspect(run: Path, *flags: str) -> str:
@@ -71,6 +71,14 @@ def test_offline_run_reads_back(small_cfg, tiny_model, monkeypatch):
         table = json.loads((offline[0] / "files" / logged["samples.path"]).read_text())
         assert table["columns"] == SAMPLE_COLUMNS and len(table["data"]) == 8
         assert all(isinstance(r[2], (int, float)) and r[3] > 0 for r in table["data"])  # reward, length
+    # the trace viewer's cells (report.traces.trace_html): the run's table artifact, which W&B's table view reads,
+    # holds every trace as an HTML file (the run-file copy above names media cells only by type)
+    files = {e["path"]: Path(e["local_path"]) for r in records if r["type"] == "artifact"
+             for e in r["artifact"]["manifest"]["contents"] if e["path"].startswith(("samples", "media/html/"))}
+    tables = [json.loads(p.read_text()) for name, p in files.items() if name.startswith("samples")]
+    assert tables and all(t["columns"] == SAMPLE_COLUMNS and len(t["data"]) == 8 for t in tables)
+    for row in (r for t in tables for r in t["data"]):
+        assert row[6]["_type"] == "html-file" and 'class="trace"' in files[row[6]["path"]].read_text()
 
     # the config as W&B holds it: secrets masked, the rest verbatim (no over-eager masking of e.g. *_tokens)
     summary = json.loads(_inspect(offline[0], "--summary"))

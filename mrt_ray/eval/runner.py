@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrt_ray import console
 from mrt_ray.actors import Placement, init_ray, stop
 from mrt_ray.config import Config, ConfigError, to_yaml
 from mrt_ray.eval import plots
@@ -99,6 +100,7 @@ class EvalRunner:
             self.models = [(cfg.model.path or "base", resolve_model(cfg))]
         self.dir = new_run_dir(cfg.run.dir, "eval", "eval.json", "choose another run.dir")
         cfg.run.dir = str(self.dir)
+        console.attach(self.dir)  # quiet console: the libraries' output to <run>/logs/
         cfg.wandb.name = cfg.wandb.name or self.dir.name
         (self.dir / "eval_config.yaml").write_text(to_yaml(cfg))
         self.cfg = cfg
