@@ -18,8 +18,8 @@ from mrt_ray.validation import validate
 COMMANDS = {
     "train": "train a policy (GRPO/RLOO/Dr.GRPO, length penalty, MRT) on Ray",
     "bootstrap": "build and SFT the embedded base policy (cached by config hash)",
-    "eval": "evaluate models (model=[LABEL:]PATH ... data=embedded|FILE): pass@1, maj@k, budget forcing, regret, "
-            "J by episode",
+    "eval": "evaluate models (model=[LABEL:]PATH or model=LABEL:openai:URL for a served model ... "
+            "data=embedded|FILE): pass@1, maj@k, budget forcing, regret, J by episode",
     "sweep": "train the length-penalty family (algo=length_penalty, one model per sweep.alphas, same seed and "
              "steps) and write a table and a Pareto plot of held-out accuracy against mean tokens",
     "star": "MRT-STaR (algo=star): sample, estimate J after every episode, fine-tune on the correct traces that make "
@@ -34,9 +34,9 @@ VERBOSE = "also show the output of vLLM, DeepSpeed, Ray, W&B and torch here (els
 
 
 def _user_error(e: BaseException) -> bool:
-    """Errors caused by the user's input: their message is enough."""
+    """Errors caused by the user's input (or a served model that cannot be reached): their message is enough."""
     return isinstance(e, (ConfigError, FileNotFoundError, FileExistsError)) or (
-        isinstance(e, ValueError) and type(e).__module__.startswith("mrt_ray")
+        isinstance(e, (ValueError, ConnectionError)) and type(e).__module__.startswith("mrt_ray")
     )
 
 

@@ -14,6 +14,7 @@ from mrt_ray.config.schema import (
     AlgoConfig,
     BootstrapConfig,
     Config,
+    EndpointConfig,
     EvalConfig,
     GridConfig,
     LearnerConfig,
@@ -31,8 +32,8 @@ from mrt_ray.config.schema import (
 )
 
 __all__ = [
-    "CONF_DIR", "GROUPS", "AlgoConfig", "BootstrapConfig", "Config", "ConfigError", "EvalConfig", "GridConfig",
-    "LearnerConfig", "MRTConfig", "ModelConfig", "ProgressConfig", "RayConfig", "RolloutConfig", "RunConfig",
+    "CONF_DIR", "GROUPS", "AlgoConfig", "BootstrapConfig", "Config", "ConfigError", "EndpointConfig", "EvalConfig",
+    "GridConfig", "LearnerConfig", "MRTConfig", "ModelConfig", "ProgressConfig", "RayConfig", "RolloutConfig", "RunConfig",
     "SegmentConfig", "SweepConfig", "TaskConfig", "TrainConfig", "WandbConfig", "check_fields", "from_yaml_file",
     "group_presets", "load_config", "to_dict", "to_yaml",
 ]

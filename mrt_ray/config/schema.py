@@ -228,6 +228,19 @@ class TrainConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """Served models (`mrt-ray eval model=LABEL:openai:http://HOST:PORT/v1`): the client of their completions API."""
+
+    tokenizer: str = ""  # the served model's tokenizer directory; empty: the server's /tokenize and /detokenize
+    model: str = ""  # served model name sent with each request; empty: the first one the server lists
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the API key (sent as a Bearer token)
+    max_concurrency: int = pos(16)  # requests in flight per served model
+    timeout_s: float = pos(600.0)  # seconds for one request (a whole completion: it is not streamed)
+    max_retries: int = nonneg(5)  # retries of a request after HTTP 429/5xx, a timeout or a lost connection
+    backoff_s: float = pos(1.0)  # wait before the first retry, doubled at each next one (or the server's Retry-After)
+
+
+@dataclass
 class EvalConfig:
     size: int = pos(200)  # held-out prompts
     n_samples: int = pos(4)
@@ -246,6 +259,7 @@ class EvalConfig:
     extrapolation_every: int = pos(2)  # sample free continuations after every this many steps (and before any)
     extrapolation_samples: int = pos(4)  # free continuations per trace at each of those points (the reference: 8)
     extrapolation_traces: int = pos(100)  # the stage runs on the first this many sampled traces
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
 
 @dataclass

@@ -5,6 +5,9 @@ Command arguments (`parse_eval_args`):
   model=PATH        evaluate the HF causal-LM directory PATH, labelled PATH; a training run directory (one with
                     checkpoints/latest) stands for its latest checkpoint's hf/ policy;
   model=LABEL:PATH  the same, labelled LABEL (LABEL: letters, digits, `_ . + -`); repeat model= for several models;
+  model=LABEL:openai:URL
+                    the model served behind the OpenAI-compatible completions API at URL, its /v1 base (e.g.
+                    http://127.0.0.1:8000/v1; vLLM's OpenAI server), sampled over HTTP (`eval.endpoint.*`);
   data=embedded     the embedded chain-arithmetic task (task.name=embedded task.grader=exact);
   data=FILE         FILE's held-out rows, the same ones training holds out: its last eval.size usable rows
                     (task.name=file task.path=FILE task.grader=math; later key=value overrides win, e.g.
@@ -18,6 +21,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mrt_ray.config import ConfigError
 from mrt_ray.episodes import thinking_region, token_boundaries
@@ -25,6 +29,7 @@ from mrt_ray.eval.forcing import BudgetPlan
 from mrt_ray.progress.estimate import mean_progress_by_episode
 
 _LABELLED = re.compile(r"^([A-Za-z0-9_.+-]+):(.+)$")
+ENDPOINT = "openai:"  # a model= path with this prefix names a served model by its base URL
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,12 @@ def parse_eval_args(args: Sequence[str]) -> EvalArgs:
                 raise ConfigError(f"'{arg}': give model=PATH or model=LABEL:PATH")
             m = _LABELLED.match(value)
             label, path = (m.group(1), m.group(2)) if m else (value.rstrip("/") or value, value)
+            if value.startswith(ENDPOINT):  # unlabelled served model: labelled by its URL
+                label, path = value[len(ENDPOINT):], value
+            elif re.match(r"^(\w+:)?https?://", value):
+                raise ConfigError(f"'{arg}': a served model is model=LABEL:{ENDPOINT}URL (e.g. "
+                                  f"model=mine:{ENDPOINT}http://127.0.0.1:8000/v1)")
+            endpoint_url(path, arg)
             if label in dict(models):
                 raise ConfigError(f"'{arg}': the label {label!r} is already used by another model=; "
                                   f"name them apart with model=LABEL:PATH")
@@ -66,6 +77,23 @@ def parse_eval_args(args: Sequence[str]) -> EvalArgs:
     else:
         own = []
     return EvalArgs(tuple(models), data, tuple(own + rest))
+
+
+def endpoint_url(path: str, arg: str = "") -> str | None:
+    """The base URL of a served model's path (`openai:URL`), None for a model directory. A URL that is not
+    http(s)://HOST[:PORT][/PATH], or that carries credentials, is a ConfigError naming `arg`."""
+    if not path.startswith(ENDPOINT):
+        return None
+    url = path[len(ENDPOINT):].rstrip("/")
+    where = arg or path
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"'{where}': {ENDPOINT} needs the server's base URL, e.g. "
+                          f"model=LABEL:{ENDPOINT}http://127.0.0.1:8000/v1")
+    if parts.username or parts.password or parts.query:
+        raise ConfigError(f"'{where}': no credentials or query in the URL; the API key is read from the environment "
+                          f"variable eval.endpoint.api_key_env names (OPENAI_API_KEY by default)")
+    return url
 
 
 def natural_thinking(ids: Sequence[int], decode: Callable[[Sequence[int]], str], think_open: str,

@@ -1,5 +1,7 @@
 """`mrt-ray eval`: how well one or more models use test-time compute, sampled on Ray rollout workers (the training
-rollout actors: vLLM by default, `rollout.backend=hf` without it).
+rollout actors: vLLM by default, `rollout.backend=hf` without it), or, for a served model (model=LABEL:openai:URL),
+through its OpenAI-compatible completions API from this process (`rollout.openai_engine`; no Ray then): the same
+plan, token-id prompts and completions, so every budget counts the served model's own tokens.
 
 Per model, on the eval problems (`PromptSource.eval`; arguments in `mrt_ray.eval.plan`):
   1. sampled: eval.n_samples traces per problem at eval.temperature (rollout.max_new_tokens) -> pass@1 with stderr,
@@ -23,10 +25,12 @@ plot) and W&B tables and images (offline unless wandb.mode says otherwise); a pr
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,11 +52,13 @@ from mrt_ray.eval.metrics import (
     token_stats,
     tokens_to_reach,
 )
-from mrt_ray.eval.plan import budget_thinking, episode_curve, equal_token_pairs, natural_thinking
+from mrt_ray.eval.plan import budget_thinking, endpoint_url, episode_curve, equal_token_pairs, natural_thinking
 from mrt_ray.eval.regret import regret_curve
 from mrt_ray.models import load_tokenizer, resolve_model, resolve_model_path
 from mrt_ray.progress.pool import Estimator, segment_trajectory
 from mrt_ray.rewards import extract_answer, get_grader
+from mrt_ray.rollout.http import EndpointError
+from mrt_ray.rollout.openai_engine import EndpointPool, OpenAIEngine, RemoteTokenizer
 from mrt_ray.rollout.pool import RolloutPool, request_seed, sample_groups
 from mrt_ray.rollout.types import Request, SamplingSpec
 from mrt_ray.rollout.worker import RolloutWorker
@@ -80,8 +86,19 @@ def _json_clean(obj):
     return obj
 
 
+def _each(threads: int):
+    """A list map over `threads` threads (in the caller's thread when 1)."""
+    def run(fn, items) -> list:
+        if threads <= 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(threads, thread_name_prefix="mrt-decode") as ex:
+            return list(ex.map(fn, items))
+    return run
+
+
 class EvalRunner:
-    """Evaluates `models` [(label, HF directory or training run directory)]; the embedded base model if empty."""
+    """Evaluates `models` [(label, HF directory, training run directory or openai:URL)]; the embedded base model if
+    empty. Served models are asked for their models list here, so a wrong URL fails before anything starts."""
 
     def __init__(self, cfg: Config, models: Sequence[tuple[str, str]] = ()):
         ec = cfg.eval
@@ -90,10 +107,18 @@ class EvalRunner:
                               f"and a non-empty eval.budgets (got {ec.budgets})")
         if not ec.continue_marker:
             raise ConfigError("eval.continue_marker is empty: budgets past a trace's end need a marker (e.g. 'Wait')")
+        if ec.endpoint.tokenizer and not Path(ec.endpoint.tokenizer).is_dir():
+            raise FileNotFoundError(f"eval.endpoint.tokenizer={ec.endpoint.tokenizer}: not a directory (the served "
+                                    f"model's tokenizer files are expected)")
+        self.endpoints: dict[str, OpenAIEngine] = {}  # label -> served model, opened before anything starts
+        self.each = _each(1)
         if models:
-            self.models = [(label, resolve_model_path(path, cfg.model)) for label, path in models]
+            self.models = [(label, path if endpoint_url(path) else resolve_model_path(path, cfg.model))
+                           for label, path in models]
             for label, path in self.models:  # fail before Ray starts
-                if not Path(path).is_dir():
+                if url := endpoint_url(path):
+                    self.endpoints[label] = self._open(label, url, ec.endpoint)
+                elif not Path(path).is_dir():
                     raise FileNotFoundError(f"model={label}: {path} is not a directory (an HF causal-LM directory or "
                                             f"a training run directory is expected)")
         else:
@@ -107,6 +132,14 @@ class EvalRunner:
         self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout)
         self.stages = [s for s in STAGES if (s != "greedy" or ec.greedy) and (s != "episodes" or ec.episode_curve)]
 
+    def _open(self, label: str, url: str, ec) -> OpenAIEngine:
+        try:
+            return OpenAIEngine(url, ec)
+        except EndpointError as e:
+            for engine in self.endpoints.values():
+                engine.close()
+            raise EndpointError(f"model={label}: {e}") from None
+
     def vote_grader(self, voted: str, gold: str) -> bool:
         """Grades an extracted (voted) answer with the task's grader, which reads the text after '#### '."""
         return bool(self.grader(f"{ANSWER_MARK}{voted}", gold))
@@ -119,8 +152,9 @@ class EvalRunner:
         self.tracker.bar.set_description("eval")
         self.tracker.bar.unit = "stage"
         try:
-            init_ray(cfg)
-            self.placement = placement = Placement(cfg, with_estimators=False, roles=("rollout",))
+            if len(self.endpoints) < len(self.models):  # served models need no Ray
+                init_ray(cfg)
+                self.placement = placement = Placement(cfg, with_estimators=False, roles=("rollout",))
             results = {label: self.evaluate_model(label, path) for label, path in self.models}
             figures = self.plot(results)
             report = {"task": cfg.task.name, "data": cfg.task.eval_path or cfg.task.path or "embedded",
@@ -132,6 +166,8 @@ class EvalRunner:
             self.tracker.close()
             if placement is not None:
                 placement.remove()
+            for engine in self.endpoints.values():
+                engine.close()
         top = max(cfg.eval.budgets)
         return {"dir": str(self.dir), "eval_json": str(self.dir / "eval.json"), "models": {
             label: {"pass@1": r["sampled"]["accuracy"], "maj@k": r["sampled"]["maj@k"],
@@ -144,14 +180,29 @@ class EvalRunner:
 
     def evaluate_model(self, label: str, path: str) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
-        tok = load_tokenizer(path, cfg.model)
-        source = PromptSource(cfg, tok)
+        engine = self.endpoints.get(label)
+        if engine is None:
+            tok, max_len = load_tokenizer(path, cfg.model), cfg.model.max_model_len
+        else:  # the served model's tokenizer (a local copy, else the server's) and context length
+            ep = cfg.eval.endpoint
+            tok = load_tokenizer(ep.tokenizer, cfg.model) if ep.tokenizer else RemoteTokenizer(engine)
+            max_len = engine.max_model_len or cfg.model.max_model_len
+        mcfg = copy.deepcopy(cfg)
+        mcfg.model.max_model_len = max_len  # real-data prompts are kept by the context of the model evaluated
+        source = PromptSource(mcfg, tok)
         force_ids = source.encode(source.force_text)
-        self._check_lengths(source, force_ids)
-        workers = [self.placement.actor(RolloutWorker, "rollout", i, cfg, path, i, threads=cfg.rollout.threads,
-                                        max_restarts=cfg.rollout.max_restarts) for i in range(cfg.rollout.num_workers)]
-        pool = RolloutPool(workers, "eval")
+        self._check_lengths(source, force_ids, max_len, label)
+        if engine is None:
+            workers = [self.placement.actor(RolloutWorker, "rollout", i, cfg, path, i, threads=cfg.rollout.threads,
+                                            max_restarts=cfg.rollout.max_restarts)
+                       for i in range(cfg.rollout.num_workers)]
+            pool, close = RolloutPool(workers, "eval"), lambda: stop(workers)
+        else:
+            pool = EndpointPool(engine)
+            close = pool.close
         decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+        # each decode of a tokenizer behind HTTP is a request: traces are decoded side by side
+        self.each = _each(cfg.eval.endpoint.max_concurrency if isinstance(tok, RemoteTokenizer) else 1)
         out: dict = {"path": path, "problems": len(source.eval)}
         try:
             self._stage(label, "sampled")
@@ -184,18 +235,22 @@ class EvalRunner:
                 out["extrapolation"] = run_extrapolation(traces, pool.generate, source.encode, decode, self.grader,
                                                          cfg, natural)
         finally:
-            stop(workers)
+            close()
+        if engine is not None:
+            out["endpoint"] = {**engine.info(), "tokenizer": cfg.eval.endpoint.tokenizer or "server"}
         out["seconds"] = time.perf_counter() - t0
         return out
 
-    def _check_lengths(self, source: PromptSource, force_ids: list[int]) -> None:
+    def _check_lengths(self, source: PromptSource, force_ids: list[int], max_len: int, label: str) -> None:
         cfg = self.cfg
         longest = max(len(source.encode(p.prompt)) for p in source.eval)
         think = max(max(cfg.eval.budgets), cfg.rollout.max_new_tokens)
         need = longest + think + len(force_ids) + cfg.progress.max_answer_tokens
-        if need > cfg.model.max_model_len:
+        if need > max_len:
+            context = (f"model={label}: the server's max_model_len={max_len}" if label in self.endpoints
+                       else f"model.max_model_len={max_len}")
             raise ConfigError(
-                f"model.max_model_len={cfg.model.max_model_len} is too short for the eval: the longest prompt "
+                f"{context} is too short for the eval: the longest prompt "
                 f"({longest} tokens) + max(eval.budgets, rollout.max_new_tokens) ({think}) + the forcing text "
                 f"({len(force_ids)}) + progress.max_answer_tokens ({cfg.progress.max_answer_tokens}) = {need}")
 
@@ -221,7 +276,8 @@ class EvalRunner:
         tc = cfg.task
         marker_ids, close_ids = source.encode(ec.continue_marker), source.encode(tc.think_close)
         traces = [t for g in groups for t in g]
-        naturals = [natural_thinking(t.completion.ids, decode, tc.think_open, tc.think_close) for t in traces]
+        naturals = self.each(lambda t: natural_thinking(t.completion.ids, decode, tc.think_open, tc.think_close),
+                             traces)
         plans = [BudgetPlan.build(ec.budgets, n, len(marker_ids)) for n in naturals]
         # 1. one continuation per trace that has budgets past its natural end, long enough for its largest budget
         ext = [i for i, p in enumerate(plans) if p.max_new_tokens > 0]
@@ -232,12 +288,11 @@ class EvalRunner:
                                      seed=request_seed(cfg.seed, "eval", "extend", i)))
                 for i in ext]
         continued = dict(zip(ext, (g[0].ids for g in pool.generate(reqs)[0]))) if reqs else {}
+        e_nats = dict(zip(ext, self.each(lambda i: natural_thinking(continued[i], decode, "", tc.think_close)
+                                         if continued[i] else 0, ext)))
         # 2. the thinking kept at each budget, then one greedy forced answer per distinct forced prompt
-        thinking = []  # [trace][budget] -> thinking token ids
-        for i, t in enumerate(traces):
-            e = continued.get(i, [])
-            e_nat = natural_thinking(e, decode, "", tc.think_close) if e else 0
-            thinking.append(budget_thinking(t.completion.ids, plans[i], marker_ids, e, e_nat))
+        thinking = [budget_thinking(t.completion.ids, plans[i], marker_ids, continued.get(i, []), e_nats.get(i, 0))
+                    for i, t in enumerate(traces)]  # [trace][budget] -> thinking token ids
         forced: dict[tuple, int] = {}
         keys = [[forced.setdefault(tuple(force_answer_prompt(t.prompt_ids, th, force_ids)), len(forced))
                  for th in thinking[i]] for i, t in enumerate(traces)]
@@ -279,8 +334,7 @@ class EvalRunner:
                  force_ids: list[int], decode) -> dict:
         cfg = self.cfg
         traces = [t for g in groups for t in g]
-        for t in traces:
-            segment_trajectory(t, cfg, decode)
+        self.each(lambda t: segment_trajectory(t, cfg, decode), traces)
         cuts = [[0, *t.episode_cuts] for t in traces]  # thinking tokens before each forced answer (c_-1 first)
         prefixes = {tuple(t.prompt_ids + t.completion.ids[:c]): t.problem.answer for t, cs in zip(traces, cuts)
                     for c in cs}
