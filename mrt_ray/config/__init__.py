@@ -33,7 +33,7 @@ from mrt_ray.config.schema import (
 
 __all__ = [
     "CONF_DIR", "GROUPS", "AlgoConfig", "BootstrapConfig", "Config", "ConfigError", "EndpointConfig", "EvalConfig",
-    "GridConfig", "LearnerConfig", "MRTConfig", "ModelConfig", "ProgressConfig", "RayConfig", "RolloutConfig", "RunConfig",
-    "SegmentConfig", "SweepConfig", "TaskConfig", "TrainConfig", "WandbConfig", "check_fields", "from_yaml_file",
-    "group_presets", "load_config", "to_dict", "to_yaml",
+    "GridConfig", "LearnerConfig", "MRTConfig", "ModelConfig", "ProgressConfig", "RayConfig", "RolloutConfig",
+    "RunConfig", "SegmentConfig", "SweepConfig", "TaskConfig", "TrainConfig", "WandbConfig", "check_fields",
+    "from_yaml_file", "group_presets", "load_config", "to_dict", "to_yaml",
 ]
