@@ -26,9 +26,12 @@ from mrt_ray.progress.estimate import select_star
 from mrt_ray.progress.termination import termination_baseline_batch
 from mrt_ray.rewards import get_grader
 from mrt_ray.rewards.score import score
+from mrt_ray.rewards.shaping import generation_limit
+from mrt_ray.schedule import at_step, scheduled_metrics
 from mrt_ray.rollout.pool import RolloutPool
 from mrt_ray.rollout.types import CollectedRollout, SamplingSpec
 from mrt_ray.rollout.worker import RolloutWorker
+from mrt_ray.tasks.budget import budget_stats
 from mrt_ray.tasks.source import PromptSource
 from mrt_ray.tracking import Tracker
 from mrt_ray.utils import new_run_dir
@@ -86,16 +89,17 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def submit_rollout(self, step: int) -> tuple:
         """Steps 1-2 (prompts, rollout) started on the workers with the weights they hold now."""
-        cfg = self.cfg
+        cfg = at_step(self.cfg, step)  # scheduled reward parameters (algo.schedule) as of this step
         spec = SamplingSpec(n=cfg.rollout.n_samples, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                            max_tokens=cfg.rollout.max_new_tokens)
+                            max_tokens=generation_limit(cfg))
         return self.pool.submit_rollout(self.source.batch(step), self.source.encode, spec, (cfg.seed, "train", step))
 
     def step(self, step: int, pending: tuple | None = None) -> dict:
         """One training step. `pending`: its rollout, already submitted (async mode); None: submit it now.
         In async mode the NEXT step's rollout is submitted before learning, so generation overlaps the update and
         its samples are one policy version behind (corrected by the truncated importance weight)."""
-        cfg, m = self.cfg, {}
+        cfg = at_step(self.cfg, step)  # scheduled reward parameters (algo.schedule) as of this step
+        m = scheduled_metrics(cfg)
         t_step = time.perf_counter()
         pending = pending or self.submit_rollout(step)  # 1-2. prompts, rollout
         groups, gen = self.pool.collect_rollout(pending)
@@ -111,7 +115,7 @@ class Trainer:
             m.update(self.estimator.estimate(groups, step))
             m["estimate_seconds"] = time.perf_counter() - t
         t = time.perf_counter()
-        m.update(score(groups, cfg, self.grader))  # 5. reward
+        m.update(score(groups, cfg, self.grader), **budget_stats(groups))  # 5. reward
         m["score_seconds"] = time.perf_counter() - t
         trajs = [tr for g in groups for tr in g]
         lengths = [tr.length for tr in trajs]

@@ -15,12 +15,16 @@ Per model, on the eval problems (`PromptSource.eval`; arguments in `mrt_ray.eval
   3. episodes (eval.episode_curve): segment every trace into episodes and estimate J after each prefix with the MRT
      meta-prover (`progress.pool.Estimator`: up to progress.samples forced answers at progress.temperature, adaptive)
      -> J by episode index and by mean thinking tokens at each boundary.
+  4. budget adherence (eval.targets, L1/LCPO): for each target budget T the eval problems carry T in the prompt
+     (`PromptSource.cued`, kind eval.target_kind), eval.n_samples samples each -> accuracy at T, mean tokens used,
+     mean |used - T|, share over T (`adherence.adherence_row`); plots of used and of accuracy against T.
 Writes <run.dir>/eval.json (default run.dir: runs/eval-<time>), eval_config.yaml, PNG plots (every model on each
 plot) and W&B tables and images (offline unless wandb.mode says otherwise); a progress bar counts the stages.
 """
 from __future__ import annotations
 
 import json
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -32,6 +36,7 @@ import numpy as np
 from mrt_ray.actors import Placement, init_ray, stop
 from mrt_ray.config import Config, ConfigError, to_yaml
 from mrt_ray.eval import plots
+from mrt_ray.eval.adherence import adherence_row
 from mrt_ray.eval.forcing import BudgetPlan, extend_prompt, force_answer_prompt
 from mrt_ray.eval.heldout import sample_stats
 from mrt_ray.eval.metrics import (accuracy_per_1k_tokens, maj_at_k, majority_at_equal_tokens, pass_at_1,
@@ -44,13 +49,14 @@ from mrt_ray.rewards import extract_answer, get_grader
 from mrt_ray.rollout.pool import RolloutPool, request_seed
 from mrt_ray.rollout.types import Request, SamplingSpec
 from mrt_ray.rollout.worker import RolloutWorker
+from mrt_ray.tasks.budget import Budget
 from mrt_ray.tasks.embedded import ANSWER_MARK
 from mrt_ray.tasks.source import PromptSource
 from mrt_ray.tracking import Tracker
 from mrt_ray.trajectory import Trajectory
 from mrt_ray.utils import new_run_dir
 
-STAGES = ("sampled", "greedy", "budget forcing", "episodes")
+STAGES = ("sampled", "greedy", "budget forcing", "episodes", "budget adherence")
 
 
 def _finite(x: float) -> float:
@@ -92,7 +98,8 @@ class EvalRunner:
         (self.dir / "eval_config.yaml").write_text(to_yaml(cfg))
         self.cfg = cfg
         self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout)
-        self.stages = [s for s in STAGES if (s != "greedy" or ec.greedy) and (s != "episodes" or ec.episode_curve)]
+        self.stages = [s for s in STAGES if (s != "greedy" or ec.greedy) and (s != "episodes" or ec.episode_curve)
+                       and (s != "budget adherence" or ec.targets)]
 
     def vote_grader(self, voted: str, gold: str) -> bool:
         """Grades an extracted (voted) answer with the task's grader, which reads the text after '#### '."""
@@ -160,6 +167,10 @@ class EvalRunner:
                 self._stage(label, "episodes")
                 out["episodes"] = self.episodes(groups, pool, source, force_ids, decode)
                 self.tracker.bar.update(1)
+            if cfg.eval.targets:
+                self._stage(label, "budget adherence")
+                out["budget_adherence"] = self.budget_adherence(pool, source)
+                self.tracker.bar.update(1)
         finally:
             stop(workers)
         out["seconds"] = time.perf_counter() - t0
@@ -167,7 +178,9 @@ class EvalRunner:
 
     def _check_lengths(self, source: PromptSource, force_ids: list[int]) -> None:
         cfg = self.cfg
-        longest = max(len(source.encode(p.prompt)) for p in source.eval)
+        cued = [source.cued(p, Budget(max(cfg.eval.targets), cfg.eval.target_kind)) for p in source.eval_plain
+                ] if cfg.eval.targets else []
+        longest = max(len(source.encode(p.prompt)) for p in source.eval + cued)
         think = max(max(cfg.eval.budgets), cfg.rollout.max_new_tokens)
         need = longest + think + len(force_ids) + cfg.progress.max_answer_tokens
         if need > cfg.model.max_model_len:
@@ -265,6 +278,22 @@ class EvalRunner:
         return {"curve": episode_curve(j_lists, cuts),
                 "episodes_mean": float(np.mean([len(t.episode_spans) for t in traces])), **stats}
 
+    def budget_adherence(self, pool: RolloutPool, source: PromptSource) -> list[dict]:
+        """One row per eval.targets entry (see the module doc); all targets are sampled in one rollout."""
+        cfg, ec = self.cfg, self.cfg.eval
+        problems = [dataclasses.replace(source.cued(p, Budget(t, ec.target_kind)), id=f"{p.id}@{t}")
+                    for t in ec.targets for p in source.eval_plain]
+        spec = SamplingSpec(n=ec.n_samples, temperature=ec.temperature, top_p=cfg.rollout.top_p,
+                            max_tokens=cfg.rollout.max_new_tokens)
+        groups, _ = pool.rollout(problems, source.encode, spec, (cfg.seed, "eval", "adherence"))
+        size, rows = len(source.eval_plain), []
+        for k, target in enumerate(ec.targets):
+            part = groups[k * size:(k + 1) * size]
+            correct = [[t.completion.finished and self.grader(t.completion.text, t.problem.answer) for t in g]
+                       for g in part]
+            rows.append(adherence_row(target, correct, [[t.length for t in g] for g in part]))
+        return rows
+
     # ------------------------------------------------------------------ outputs
     def plot(self, results: dict) -> dict[str, Path]:
         d = self.dir
@@ -284,6 +313,14 @@ class EvalRunner:
         j = {m: series for m, series in j.items() if series}
         if j:
             out["j_by_episode"] = plots.plot_j_by_episode(j, d / "j_by_episode.png")
+        adh = {m: r["budget_adherence"] for m, r in results.items() if r.get("budget_adherence")}
+        if adh:
+            out["used_vs_target"] = plots.plot_used_vs_target(
+                {m: [(a["target"], a["used_mean"], a["used_se"]) for a in rows] for m, rows in adh.items()},
+                d / "used_vs_target.png")
+            out["accuracy_vs_target"] = plots.plot_accuracy_vs_tokens(
+                {m: [(a["target"], a["accuracy"], a["accuracy_se"]) for a in rows] for m, rows in adh.items()},
+                d / "accuracy_vs_target.png", "Accuracy at each budget", "target tokens (budget in the prompt)")
         return out
 
     def log_wandb(self, results: dict, figures: dict[str, Path]) -> None:
@@ -302,6 +339,9 @@ class EvalRunner:
         t.table("eval/episodes", ["model", "episode", "j", "thinking_tokens_mean", "traces"],
                 [[m, *row.values()] for m, r in results.items() for row in r.get("episodes", {}).get("curve", [])],
                 step=0)
+        t.table("eval/budget_adherence", ["model", "target", "accuracy", "accuracy_se", "used_mean", "used_se",
+                                          "abs_error_mean", "rel_error_mean", "over_share"],
+                [[m, *row.values()] for m, r in results.items() for row in r.get("budget_adherence", [])], step=0)
         for name, path in figures.items():
             t.image(f"eval/{name}", path, step=0)
 

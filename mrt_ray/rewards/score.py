@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from mrt_ray.config import Config
-from mrt_ray.rewards.shaping import REWARDS
+from mrt_ray.rewards.shaping import REWARDS, GroupOutcome
 from mrt_ray.trajectory import Trajectory
 
 
@@ -15,8 +15,9 @@ def score(groups: list[list[Trajectory]], cfg: Config, grader: Callable[[str, st
     for group in groups:
         for t in group:
             t.correct = bool(t.completion.finished and grader(t.completion.text, t.problem.answer))
-        rewards = reward_fn([t.correct for t in group], [t.length for t in group],
-                            [t.completion.finished for t in group], cfg)
+        rewards = reward_fn(GroupOutcome([t.correct for t in group], [t.length for t in group],
+                                         [t.completion.finished for t in group], group[0].problem.meta.get("budget")),
+                            cfg)
         for t, r in zip(group, rewards):
             t.reward = float(r)
     flat = [t for g in groups for t in g]
