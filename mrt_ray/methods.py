@@ -4,7 +4,8 @@ A `Method` builds the training batch (trajectories with per-token advantages) fr
 whether it needs the Monte Carlo estimator pool (steps 3-4) and which loss it needs, if any. Adding a method is one
 registered builder; a preset (`conf/algo/<name>.yaml`) then picks its reward, advantage and loss.
 
-  grpo, rloo, drgrpo, length_penalty: outcome advantages (`algos.assign`)
+  grpo, rloo, drgrpo, length_penalty and the efficient-reasoning family (l1_exact, l1_max, kimi_length,
+  shorter_better, thinkprune: each its own reward): outcome advantages (`algos.assign`)
   mrt: the variant's builder (`MRT_VARIANTS`: bonus = outcome + per-episode progress; termination_baseline = outcome
        + continuations from cut prefixes with the termination reward as baseline; online = outcome + continuing and
        terminating rollouts from cut prefixes normalised together, `progress.termination`)
@@ -78,7 +79,8 @@ def outcome_batch(ctx: StepContext, progress_bonus: bool = False) -> list[Trajec
     return [t for g in groups for t in g]
 
 
-register_method("grpo", "rloo", "drgrpo", "length_penalty")(outcome_batch)
+register_method("grpo", "rloo", "drgrpo", "length_penalty", "l1_exact", "l1_max", "kimi_length", "shorter_better",
+                "thinkprune")(outcome_batch)
 
 
 @register_method("mrt", needs_estimator=lambda cfg: cfg.algo.mrt.variant != "online")

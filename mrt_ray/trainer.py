@@ -26,9 +26,12 @@ from mrt_ray.recovery import Rearming
 from mrt_ray.report.traces import trace_records
 from mrt_ray.rewards import get_grader
 from mrt_ray.rewards.score import score
+from mrt_ray.rewards.shaping import generation_limit
 from mrt_ray.rollout.pool import PendingRollout, RolloutPool, collect_rollout, submit_rollout
 from mrt_ray.rollout.types import SamplingSpec
 from mrt_ray.rollout.worker import RolloutWorker
+from mrt_ray.schedule import at_step, scheduled_metrics
+from mrt_ray.tasks.budget import budget_stats
 from mrt_ray.tasks.source import PromptSource
 from mrt_ray.tracking import Tracker
 from mrt_ray.trajectory import Trajectory
@@ -103,16 +106,18 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def submit_rollout(self, step: int) -> PendingRollout:
         """Steps 1-2 (prompts, rollout) started on the workers with the weights they hold now."""
-        rc = self.cfg.rollout
-        spec = SamplingSpec(n=rc.n_samples, temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_new_tokens)
-        return submit_rollout(self.pool, self.source.batch(step), self.source.encode, spec, (self.cfg.seed, "train",
-                                                                                             step))
+        cfg = at_step(self.cfg, step)  # scheduled reward parameters (algo.schedule) as of this step
+        rc = cfg.rollout
+        spec = SamplingSpec(n=rc.n_samples, temperature=rc.temperature, top_p=rc.top_p,
+                            max_tokens=generation_limit(cfg))
+        return submit_rollout(self.pool, self.source.batch(step), self.source.encode, spec, (cfg.seed, "train", step))
 
     def step(self, step: int, pending: PendingRollout | None = None) -> StepResult:
         """One training step. `pending`: its rollout, already submitted (async mode); None: submit it now.
         In async mode the NEXT step's rollout is submitted before learning, so generation overlaps the update and
         its samples are one policy version behind (corrected by the truncated importance weight)."""
-        cfg, m = self.cfg, {}
+        cfg = at_step(self.cfg, step)  # scheduled reward parameters (algo.schedule) as of this step
+        m = scheduled_metrics(cfg)
         next_pending = None
         with timed(m, "step_seconds"):
             with timed(m, "generate_seconds"):  # 1-2. prompts, rollout
@@ -126,7 +131,7 @@ class Trainer:
                 with timed(m, "estimate_seconds"):
                     m.update(self.estimator.estimate(groups, step))
             with timed(m, "score_seconds"):  # 5. reward
-                m.update(score(groups, cfg, self.grader))
+                m.update(score(groups, cfg, self.grader), **budget_stats(groups))
             lengths = [tr.length for g in groups for tr in g]
             stats = token_stats(lengths)
             m.update(tokens_mean=stats["mean"], tokens_p50=stats["p50"], tokens_p90=stats["p90"],

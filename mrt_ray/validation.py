@@ -102,5 +102,37 @@ def validate(cfg: Config) -> None:
                 f"the actors ask for {need:g} CPUs (rollout {cfg.rollout.num_workers}x{cfg.rollout.num_cpus:g}, "
                 f"learner {cfg.learner.num_ranks}x{cfg.learner.num_cpus:g}) but ray.num_cpus={cfg.ray.num_cpus}"
             )
+    errors += budget_errors(cfg)
     if errors:
         raise ConfigError.of(errors)
+
+
+def budget_errors(cfg: Config) -> list[str]:
+    """Token budgets in the prompt (L1), the hard token limit (ThinkPrune), budget-adherence targets, schedules."""
+    from mrt_ray.schedule import schedule_errors  # late: imports the reward registry
+
+    a, bc, cap = cfg.algo, cfg.algo.budget, cfg.rollout.max_new_tokens
+    errors = schedule_errors(cfg)
+    if bc.max_tokens:
+        if not 1 <= bc.min_tokens <= bc.max_tokens <= cap:
+            errors.append(f"algo.budget needs 1 <= min_tokens ({bc.min_tokens}) <= max_tokens ({bc.max_tokens}) <= "
+                          f"rollout.max_new_tokens ({cap})")
+        if cfg.task.name == "file" and not ("{n}" in bc.cue and "{n}" in bc.max_cue):
+            errors.append(f"algo.budget.cue={bc.cue!r} and max_cue={bc.max_cue!r} must both hold {{n}}, the budget")
+    elif bc.min_tokens or bc.max_share:
+        errors.append("algo.budget.min_tokens / max_share are set but algo.budget.max_tokens=0 (budgets off)")
+    if a.reward in ("l1_exact", "l1_max") and not bc.max_tokens:
+        errors.append(f"algo.reward={a.reward} needs a budget in every prompt: set algo.budget.min_tokens and "
+                      f"max_tokens")
+    if a.reward == "l1_exact" and bc.max_share:
+        errors.append(f"algo.reward=l1_exact rewards exact budgets only; algo.budget.max_share={bc.max_share} asks for "
+                      f"maximum budgets too (use algo.reward=l1_max)")
+    if a.reward == "thinkprune" and not a.token_limit and "token_limit" not in a.schedule:
+        errors.append("algo.reward=thinkprune needs algo.token_limit > 0 or algo.schedule.token_limit")
+    limits = [a.token_limit] + [p[1] for p in a.schedule.get("token_limit", []) if len(p) == 2]
+    if max(limits) > cap:
+        errors.append(f"algo.token_limit (or its schedule) reaches {max(limits):g} > rollout.max_new_tokens ({cap}): "
+                      f"a limit above the sampling cap has no effect")
+    if any(t > cap for t in cfg.eval.targets):
+        errors.append(f"eval.targets={cfg.eval.targets} must not exceed rollout.max_new_tokens ({cap})")
+    return errors

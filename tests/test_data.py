@@ -56,7 +56,7 @@ def test_jsonl_prompts_answers_ids(tmp_path):
     assert res.problems[0].prompt == "Q: Tom has 3 apples and buys 4. How many?\nA:"
     assert res.problems[1].prompt == "Q: Compute 1/2 + 0.\nA:"
     assert res.skipped == {} and res.source == str(path)
-    assert res.problems[2].meta == {"row": 5}
+    assert res.problems[2].meta == {"row": 5, "question": "What is 6*7?"}  # the question re-renders budget cues
 
 
 def test_template_with_braces_is_plain_replace(tmp_path):

@@ -218,6 +218,9 @@ def test_plots_write_png(tmp_path):
         plots.plot_j_by_episode({"grpo": [0.2, 0.5, 0.5], "mrt": [0.3, 0.6, 0.7, 0.7]}, tmp_path / "j.png"),
         plots.plot_pareto([("alpha=0.05", 120, 0.62, 0.03, 4), ("alpha=0.4", 60, 0.5, 0.03, 3)],
                           tmp_path / "pareto.png"),
+        plots.plot_used_vs_target({"l1": [(16, 20.5, 1.0), (64, 60.0, 2.0)], "grpo": [(16, 70.0, 3.0)]},
+                                  tmp_path / "used.png"),
+        plots.plot_accuracy_vs_tokens(acc, tmp_path / "acc_target.png", "Accuracy at each budget", "target tokens"),
     ]
     for p in paths:
         assert p.read_bytes()[:8] == PNG_MAGIC

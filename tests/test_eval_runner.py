@@ -217,7 +217,7 @@ def test_eval_two_models_end_to_end(tmp_path, two_models, ray_cluster):
     cfg = load_config(None, [f"run.dir={tmp_path}/eval", "rollout.backend=vllm", "eval.size=3", "eval.n_samples=2",
                              f"eval.budgets={budgets}", "eval.target_accuracy=0.5", "rollout.max_new_tokens=24",
                              "model.max_model_len=128", "progress.samples=2", "progress.round_size=2",
-                             "wandb.mode=offline"])
+                             "eval.targets=[8,16]", "wandb.mode=offline"])
     headline = EvalRunner(cfg, two_models).run()
     run = Path(tmp_path / "eval")
     report = json.loads((run / "eval.json").read_text())
@@ -245,6 +245,12 @@ def test_eval_two_models_end_to_end(tmp_path, two_models, ray_cluster):
         assert curve[0]["episode"] == -1 and curve[0]["thinking_tokens_mean"] == 0 and curve[0]["traces"] == 6
         assert all(0 <= row["j"] <= 1 for row in curve)
         assert r["episodes"]["estimate_prefixes"] >= 1
-    for name in ("accuracy_vs_tokens", "regret_vs_budget", "pareto", "j_by_episode"):
+        adh = r["budget_adherence"]
+        assert [a["target"] for a in adh] == [8, 16]
+        for a in adh:
+            assert 0 <= a["accuracy"] <= 1 and 1 <= a["used_mean"] <= 24 and 0 <= a["over_share"] <= 1
+            assert a["abs_error_mean"] >= abs(a["used_mean"] - a["target"]) - 1e-9  # mean |x| >= |mean x|
+    for name in ("accuracy_vs_tokens", "regret_vs_budget", "pareto", "j_by_episode", "used_vs_target",
+                 "accuracy_vs_target"):
         assert Path(report["plots"][name]).read_bytes()[:8] == PNG_MAGIC, name
     assert (run / "eval_config.yaml").is_file() and (run / "wandb_files").is_dir()

@@ -322,7 +322,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(small_cfg):
     from mrt_ray.trainer import Trainer
 
     if "nan_for_test" not in REWARDS:
-        register_reward("nan_for_test")(lambda correct, lengths, finished, cfg: [math.nan] * len(correct))
+        register_reward("nan_for_test")(lambda o, cfg: [math.nan] * len(o.correct))
     cfg = small_cfg("algo.reward=nan_for_test", "learner.max_bad_steps=2", "train.steps=3")
     with pytest.raises(RuntimeError, match=r"2 steps had a non-finite loss \(learner\.max_bad_steps=2\)"):
         Trainer(cfg).run()
@@ -341,7 +341,7 @@ def test_skipped_step_count_survives_resume(small_cfg, tmp_path):
     from mrt_ray.trainer import Trainer
 
     if "nan_for_test" not in REWARDS:
-        register_reward("nan_for_test")(lambda correct, lengths, finished, cfg: [math.nan] * len(correct))
+        register_reward("nan_for_test")(lambda o, cfg: [math.nan] * len(o.correct))
     cfg = small_cfg("algo.reward=nan_for_test", "learner.max_bad_steps=5", "train.steps=2", "train.save_every=1")
     Trainer(cfg).run()
     run = Path(cfg.run.dir)

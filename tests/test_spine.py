@@ -34,6 +34,22 @@ def test_two_step_training_run(small_cfg):
     assert sum(p.numel() for p in m.parameters()) > 0
 
 
+def test_budgets_and_a_scheduled_token_limit_reach_the_rollout(small_cfg):
+    """ThinkPrune's limit, scheduled 12 -> 6 tokens, caps the sampler at each step (a random model rarely stops, so
+    uncapped samples would run to 48 tokens), and every prompt carries an L1 budget cue whose adherence is logged."""
+    from mrt_ray.trainer import Trainer
+
+    cfg = small_cfg("algo=thinkprune", "algo.token_limit=12", "algo.schedule.token_limit=[[0,12],[1,6]]",
+                    "algo.budget.min_tokens=8", "algo.budget.max_tokens=40")
+    Trainer(cfg).run()
+    rows = {r["step"]: r for r in map(json.loads, (Path(cfg.run.dir) / "metrics.jsonl").read_text().splitlines())}
+    for step, limit in ((0, 12), (1, 6)):
+        r = rows[step]
+        assert r["schedule/token_limit"] == limit
+        assert 1 <= r["tokens_mean"] <= r["tokens_p90"] <= limit
+        assert 8 <= r["budget_target_mean"] <= 40 and r["budget_abs_error"] >= 0 and 0 <= r["budget_over_share"] <= 1
+
+
 def _trajectories(tok, n_groups=2, n=4, seed=0):
     from mrt_ray.rollout.types import Completion
     from mrt_ray.tasks.embedded import make_problem

@@ -13,6 +13,7 @@ from mrt_ray.config.load import (
 from mrt_ray.config.schema import (
     AlgoConfig,
     BootstrapConfig,
+    BudgetConfig,
     Config,
     EndpointConfig,
     EvalConfig,
@@ -32,8 +33,8 @@ from mrt_ray.config.schema import (
 )
 
 __all__ = [
-    "CONF_DIR", "GROUPS", "AlgoConfig", "BootstrapConfig", "Config", "ConfigError", "EndpointConfig", "EvalConfig",
-    "GridConfig", "LearnerConfig", "MRTConfig", "ModelConfig", "ProgressConfig", "RayConfig", "RolloutConfig",
-    "RunConfig", "SegmentConfig", "SweepConfig", "TaskConfig", "TrainConfig", "WandbConfig", "check_fields",
-    "from_yaml_file", "group_presets", "load_config", "to_dict", "to_yaml",
+    "CONF_DIR", "GROUPS", "AlgoConfig", "BootstrapConfig", "BudgetConfig", "Config", "ConfigError", "EndpointConfig",
+    "EvalConfig", "GridConfig", "LearnerConfig", "MRTConfig", "ModelConfig", "ProgressConfig", "RayConfig",
+    "RolloutConfig", "RunConfig", "SegmentConfig", "SweepConfig", "TaskConfig", "TrainConfig", "WandbConfig",
+    "check_fields", "from_yaml_file", "group_presets", "load_config", "to_dict", "to_yaml",
 ]

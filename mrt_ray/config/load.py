@@ -47,6 +47,13 @@ def _range_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
     return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
 
+def range_error(where: str, value: Any, f: dataclasses.Field) -> str | None:
+    """The message for one number outside field `f`'s declared range (None when it is inside or none is declared)."""
+    if "range" not in f.metadata or _in_range(value, *f.metadata["range"]):
+        return None
+    return f"{where}={value!r} must be {_range_text(*f.metadata['range'])}"
+
+
 def check_fields(obj: Any, prefix: str = "") -> list[str]:
     """One message per value outside its field's declared range or choices (lists and dicts element by element)."""
     errors = []
@@ -57,12 +64,12 @@ def check_fields(obj: Any, prefix: str = "") -> list[str]:
             continue
         if "choices" in f.metadata and value not in f.metadata["choices"]:
             errors.append(f"{key}={value!r} is not one of {list(f.metadata['choices'])}")
-        if "range" in f.metadata:
-            items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
-            for sub, v in items if items is not None else [(None, value)]:
-                if not _in_range(v, *f.metadata["range"]):
-                    where = key if sub is None else f"{key}[{sub!r}]" if isinstance(sub, str) else f"{key}[{sub}]"
-                    errors.append(f"{where}={v!r} must be {_range_text(*f.metadata['range'])}")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
+        for sub, v in items if items is not None else [(None, value)]:
+            where = key if sub is None else f"{key}[{sub!r}]" if isinstance(sub, str) else f"{key}[{sub}]"
+            msg = range_error(where, v, f)
+            if msg:
+                errors.append(msg)
     return errors
 
 
@@ -152,11 +159,12 @@ def load_config(config_file: str | None = None, overrides: list[str] | tuple[str
 
 
 def _is_dict_key(schema: DictConfig, key: str) -> bool:
-    """`bootstrap.style_weights_easy.verbose` and `grid.methods.<label>` are valid: their parent is a free-form dict."""
+    """`bootstrap.style_weights_easy.verbose`, `grid.methods.<label>` and `algo.schedule.token_limit` are valid: their
+    parents are free-form dicts."""
     parent = key.rsplit(".", 1)[0] if "." in key else ""
     node = OmegaConf.select(schema, parent, default=None) if parent else None
     return isinstance(node, DictConfig) and parent in ("bootstrap.style_weights_easy", "bootstrap.style_weights_hard",
-                                                                "grid.methods")
+                                                       "grid.methods", "algo.schedule")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -155,12 +155,32 @@ class MRTConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """Token budgets in the prompt (L1/LCPO): one per prompt, drawn from [min_tokens, max_tokens]."""
+
+    min_tokens: int = nonneg(0)  # smallest budget drawn for a training prompt
+    max_tokens: int = nonneg(0)  # largest budget drawn (inclusive); 0: prompts carry no budget
+    max_share: float = frac(0.0)  # share of prompts whose budget is a maximum (max_cue), not a target (L1-Max)
+    cue: str = "Think for {n} tokens."  # real data: appended to the question; {n} is the budget
+    max_cue: str = "Think for maximum {n} tokens."  # real data: the cue of a maximum budget
+
+
+@dataclass
 class AlgoConfig:
     name: str = "grpo"  # the method, a registry key (mrt_ray.methods.METHODS): what a step trains on
     advantage: str = "grpo"  # registry key: grpo | rloo | drgrpo
-    reward: str = "outcome"  # registry key: outcome | length_penalty | dapo_overlong
+    reward: str = "outcome"  # registry key (docs/algorithms.md lists them)
     alpha: float = frac(0.0, hi_open=True)  # length-penalty strength
     overlong_cache: int = nonneg(32)  # DAPO: L_cache (penalty ramps over the last tokens before max_new_tokens)
+    l1_alpha: float = nonneg(0.0003)  # L1: penalty per token of |budget - used| (exact) or of overshoot (max)
+    l1_delta: float = frac(0.5)  # L1-Max: reward of a correct sample that uses exactly its maximum budget
+    kimi_coef: float = nonneg(1.0)  # Kimi 1.5: weight of the length reward added to the 0/1 outcome
+    sb_alpha: float = pos(2.0)  # ShorterBetter: reward of a correct sample
+    sb_beta: float = nonneg(0.001)  # ShorterBetter: penalty per token of |len - shortest correct length|
+    token_limit: int = nonneg(0)  # ThinkPrune: hard limit; sampling stops here and a longer sample earns 0 (0: off)
+    # a reward parameter's value by step; a scheduled key's own value is not used (mrt_ray/schedule.py)
+    schedule: dict[str, list[list[float]]] = field(default_factory=dict)  # key -> [[step, value], ...], ascending
+    schedule_interp: str = choice("step", "step", "linear")  # step: hold each value until the next point | linear
     loss: str = "ppo_clip"  # registry key
     loss_agg: str = choice("token_mean", "token_mean", "seq_mean", "constant")  # token_mean | seq_mean | constant
     clip_eps: float = frac(0.2, hi_open=True)
@@ -171,6 +191,7 @@ class AlgoConfig:
     entropy_coef: float = nonneg(0.0)
     whiten: bool = False  # whiten the token advantages over all completion tokens of the batch
     drop_uniform_groups: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     mrt: MRTConfig = field(default_factory=MRTConfig)
 
 
@@ -260,6 +281,8 @@ class EvalConfig:
     extrapolation_samples: int = pos(4)  # free continuations per trace at each of those points (the reference: 8)
     extrapolation_traces: int = pos(100)  # the stage runs on the first this many sampled traces
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    targets: list[int] = pos([])  # budget adherence: token budgets put in the prompt, one pass each (empty: skip)
+    target_kind: str = choice("exact", "exact", "max")  # budget adherence: the cue of a target or of a maximum
 
 
 @dataclass

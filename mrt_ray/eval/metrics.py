@@ -36,6 +36,14 @@ def pass_at_1(correct: Sequence[Sequence[bool]]) -> tuple[float, float]:
     return float(arr.mean()), stderr
 
 
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean of `values` and its standard error, std(ddof=1) / sqrt(n); the stderr is 0 for a single value."""
+    if not values:
+        raise ValueError("mean_se needs at least one value; got none")
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(arr.size)) if arr.size > 1 else 0.0
+
+
 def majority_vote(answers: Sequence[str | None]) -> str | None:
     """The majority answer under the module's vote rule; None if no sample has an answer."""
     votes = [a.strip() for a in answers if a is not None and a.strip()]

@@ -42,13 +42,21 @@ def _check(results: Mapping | Sequence, what: str) -> None:
                 raise ValueError(f"{what}: model {name!r} has no points")
 
 
-def plot_accuracy_vs_tokens(results: Mapping[str, Sequence[tuple[float, float, float]]], path: str | Path) -> Path:
-    """Forced-answer accuracy (with stderr bars) against thinking-token budget, one line per model."""
-    _check(results, "plot_accuracy_vs_tokens")
-    fig, ax = _new_axes("Accuracy vs thinking tokens", "thinking tokens (budget)", "accuracy")
+def _lines_with_errors(ax: Axes, results: Mapping[str, Sequence[tuple[float, float, float]]]) -> None:
+    """One line per model through its (x, y, stderr of y) points, sorted by x, with error bars."""
     for name, series in results.items():
-        tokens, acc, err = zip(*sorted(series))
-        ax.errorbar(tokens, acc, yerr=err, marker="o", markersize=4, capsize=3, label=name)
+        x, y, err = zip(*sorted(series))
+        ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, label=name)
+
+
+def plot_accuracy_vs_tokens(results: Mapping[str, Sequence[tuple[float, float, float]]], path: str | Path,
+                            title: str = "Accuracy vs thinking tokens", xlabel: str = "thinking tokens (budget)"
+                            ) -> Path:
+    """Accuracy (with stderr bars) against tokens, one line per model: by default forced-answer accuracy against the
+    thinking-token budget; budget adherence passes its own title and label (accuracy at each budget in the prompt)."""
+    _check(results, "plot_accuracy_vs_tokens")
+    fig, ax = _new_axes(title, xlabel, "accuracy")
+    _lines_with_errors(ax, results)
     ax.set_ylim(-0.02, 1.02)
     return _save(fig, ax, path)
 
@@ -103,3 +111,15 @@ def plot_by_difficulty(results: Mapping[str, Sequence[tuple[object, float, float
                     capsize=3, label=name)
     ax.set_xticks(range(len(labels)), labels)
     return _save(fig, ax, path)
+
+
+def plot_used_vs_target(results: Mapping[str, Sequence[tuple[float, float, float]]], path: str | Path) -> Path:
+    """Mean completion tokens used (with stderr bars) against the token budget in the prompt, one line per model, and
+    the diagonal used = target (perfect adherence)."""
+    _check(results, "plot_used_vs_target")
+    fig, ax = _new_axes("Budget adherence", "target tokens (budget in the prompt)", "completion tokens used")
+    top = max(max(t for t, _, _ in s) for s in results.values())
+    ax.plot([0, top], [0, top], linestyle="--", color="gray", linewidth=1, label="used = target")
+    _lines_with_errors(ax, results)
+    return _save(fig, ax, path)
+

@@ -20,12 +20,16 @@ Per model, on the eval problems (`PromptSource.eval`; arguments in `mrt_ray.eval
   4. by difficulty: accuracy and tokens per difficulty bucket (the embedded task's number of terms,
      or a data row's `task.difficulty_key`), and with the episode stage the over-thinking measures (share of thinking
      after the first right episode, flip rate, progress by episode): `eval/difficulty.py`.
+  5. budget adherence (eval.targets, L1/LCPO): for each target budget T the eval problems carry T in the prompt
+     (`PromptSource.cued`, kind eval.target_kind), eval.n_samples samples each -> accuracy at T, mean tokens used,
+     mean |used - T|, share over T (`adherence.adherence_row`); plots of used and of accuracy against T.
 Writes <run.dir>/eval.json (default run.dir: runs/eval-<time>), eval_config.yaml, PNG plots (every model on each
 plot) and W&B tables and images (offline unless wandb.mode says otherwise); a progress bar counts the stages.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -39,7 +43,7 @@ import numpy as np
 from mrt_ray import console
 from mrt_ray.actors import Placement, init_ray, stop
 from mrt_ray.config import Config, ConfigError, to_yaml
-from mrt_ray.eval import plots
+from mrt_ray.eval.adherence import adherence_row
 from mrt_ray.eval.difficulty import TraceRecord, by_difficulty
 from mrt_ray.eval.extrapolate import run_extrapolation
 from mrt_ray.eval.forcing import BudgetPlan, extend_prompt, force_answer_prompt
@@ -52,6 +56,7 @@ from mrt_ray.eval.metrics import (
     token_stats,
     tokens_to_reach,
 )
+from mrt_ray.eval.outputs import json_clean, log_tables, plot_results
 from mrt_ray.eval.plan import budget_thinking, endpoint_url, episode_curve, equal_token_pairs, natural_thinking
 from mrt_ray.eval.regret import regret_curve
 from mrt_ray.models import load_tokenizer, resolve_model, resolve_model_path
@@ -62,28 +67,18 @@ from mrt_ray.rollout.openai_engine import EndpointPool, OpenAIEngine, RemoteToke
 from mrt_ray.rollout.pool import RolloutPool, request_seed, sample_groups
 from mrt_ray.rollout.types import Request, SamplingSpec
 from mrt_ray.rollout.worker import RolloutWorker
+from mrt_ray.tasks.budget import Budget
 from mrt_ray.tasks.embedded import ANSWER_MARK
 from mrt_ray.tasks.source import PromptSource
 from mrt_ray.tracking import Tracker
 from mrt_ray.trajectory import Trajectory
 from mrt_ray.utils import new_run_dir
 
-STAGES = ("sampled", "greedy", "budget forcing", "episodes")
+STAGES = ("sampled", "greedy", "budget forcing", "episodes", "budget adherence")
 
 
 def _finite(x: float) -> float:
     return x if math.isfinite(x) else 0.0  # one prompt: no spread, stderr reported as 0 (as heldout does)
-
-
-def _json_clean(obj):
-    """NaN/inf -> null, so eval.json is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_clean(v) for v in obj]
-    return obj
 
 
 def _each(threads: int):
@@ -130,7 +125,8 @@ class EvalRunner:
         (self.dir / "eval_config.yaml").write_text(to_yaml(cfg))
         self.cfg = cfg
         self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout)
-        self.stages = [s for s in STAGES if (s != "greedy" or ec.greedy) and (s != "episodes" or ec.episode_curve)]
+        self.stages = [s for s in STAGES if (s != "greedy" or ec.greedy) and (s != "episodes" or ec.episode_curve)
+                       and (s != "budget adherence" or ec.targets)]
 
     def _open(self, label: str, url: str, ec) -> OpenAIEngine:
         try:
@@ -156,12 +152,12 @@ class EvalRunner:
                 init_ray(cfg)
                 self.placement = placement = Placement(cfg, with_estimators=False, roles=("rollout",))
             results = {label: self.evaluate_model(label, path) for label, path in self.models}
-            figures = self.plot(results)
+            figures = plot_results(results, self.dir)
             report = {"task": cfg.task.name, "data": cfg.task.eval_path or cfg.task.path or "embedded",
                       "grader": cfg.task.grader, "seed": cfg.seed, "eval": asdict(cfg.eval),
                       "models": results, "plots": {k: str(v) for k, v in figures.items()}}
-            (self.dir / "eval.json").write_text(json.dumps(_json_clean(report), indent=2))
-            self.log_wandb(results, figures)
+            (self.dir / "eval.json").write_text(json.dumps(json_clean(report), indent=2))
+            log_tables(self.tracker, results, figures, max(cfg.eval.budgets))
         finally:
             self.tracker.close()
             if placement is not None:
@@ -234,6 +230,10 @@ class EvalRunner:
                 natural = [natural_thinking(t.completion.ids, decode, tc.think_open, tc.think_close) for t in traces]
                 out["extrapolation"] = run_extrapolation(traces, pool.generate, source.encode, decode, self.grader,
                                                          cfg, natural)
+            if cfg.eval.targets:
+                self._stage(label, "budget adherence")
+                out["budget_adherence"] = self.budget_adherence(pool, source)
+                self.tracker.bar.update(1)
         finally:
             close()
         if engine is not None:
@@ -243,7 +243,9 @@ class EvalRunner:
 
     def _check_lengths(self, source: PromptSource, force_ids: list[int], max_len: int, label: str) -> None:
         cfg = self.cfg
-        longest = max(len(source.encode(p.prompt)) for p in source.eval)
+        cued = [source.cued(p, Budget(max(cfg.eval.targets), cfg.eval.target_kind)) for p in source.eval_plain
+                ] if cfg.eval.targets else []
+        longest = max(len(source.encode(p.prompt)) for p in source.eval + cued)
         think = max(max(cfg.eval.budgets), cfg.rollout.max_new_tokens)
         need = longest + think + len(force_ids) + cfg.progress.max_answer_tokens
         if need > max_len:
@@ -358,61 +360,23 @@ class EvalRunner:
             r.j, r.cuts = list(jl), list(cs)
         return by_difficulty(records)
 
-    # ------------------------------------------------------------------ outputs
-    def plot(self, results: dict) -> dict[str, Path]:
-        d = self.dir
-        out = {
-            "accuracy_vs_tokens": plots.plot_accuracy_vs_tokens(
-                {m: [(b["budget"], b["accuracy"], b["accuracy_se"]) for b in r["budget_forcing"]]
-                 for m, r in results.items()}, d / "accuracy_vs_tokens.png"),
-            "regret_vs_budget": plots.plot_regret_vs_budget(
-                {m: [(b["budget"], b["regret"]) for b in r["budget_forcing"]] for m, r in results.items()},
-                d / "regret_vs_budget.png"),
-            "pareto": plots.plot_pareto(
-                [(m, r["sampled"]["tokens_mean"], r["sampled"]["accuracy"], r["sampled"]["accuracy_se"],
-                  r["sampled"]["tokens_se"]) for m, r in results.items()], d / "accuracy_vs_completion_tokens.png"),
-        }
-        for key, ylabel, title in (("tokens_mean", "mean completion tokens", "Completion tokens by difficulty"),
-                                   ("accuracy", "accuracy (pass@1)", "Accuracy by difficulty")):
-            series = {m: [(row["difficulty"], row[key], row[key.replace("_mean", "") + "_se"]) for row in
-                          r["by_difficulty"]] for m, r in results.items() if r.get("by_difficulty")}
-            if series:
-                out[f"{key.split('_')[0]}_by_difficulty"] = plots.plot_by_difficulty(
-                    series, d / f"{key.split('_')[0]}_by_difficulty.png", ylabel, title)
-        ext = {m: [(row["thinking_tokens_mean"], row["accuracy"], row["accuracy_se"])
-                   for row in r["extrapolation"]["rows"]] for m, r in results.items() if r.get("extrapolation")}
-        if ext:
-            out["extrapolation"] = plots.plot_accuracy_vs_tokens(ext, d / "extrapolation.png")
-        j = {m: [row["j"] for row in r["episodes"]["curve"] if row["episode"] >= 0]
-             for m, r in results.items() if "episodes" in r}
-        j = {m: series for m, series in j.items() if series}
-        if j:
-            out["j_by_episode"] = plots.plot_j_by_episode(j, d / "j_by_episode.png")
-        return out
+    def budget_adherence(self, pool: RolloutPool, source: PromptSource) -> list[dict]:
+        """One row per eval.targets entry (see the module doc); all targets are sampled in one rollout."""
+        cfg, ec = self.cfg, self.cfg.eval
+        problems = [dataclasses.replace(source.cued(p, Budget(t, ec.target_kind)), id=f"{p.id}@{t}")
+                    for t in ec.targets for p in source.eval_plain]
+        spec = SamplingSpec(n=ec.n_samples, temperature=ec.temperature, top_p=cfg.rollout.top_p,
+                            max_tokens=cfg.rollout.max_new_tokens)
+        groups, _ = pool.rollout(problems, source.encode, spec, (cfg.seed, "eval", "adherence"))
+        size, rows = len(source.eval_plain), []
+        for k, target in enumerate(ec.targets):
+            part = groups[k * size:(k + 1) * size]
+            correct = [[t.completion.finished and self.grader(t.completion.text, t.problem.answer) for t in g]
+                       for g in part]
+            rows.append(adherence_row(target, correct, [[t.length for t in g] for g in part]))
+        return rows
 
-    def log_wandb(self, results: dict, figures: dict[str, Path]) -> None:
-        t, top = self.tracker, max(self.cfg.eval.budgets)
-        summary = [[m, r["sampled"]["accuracy"], r["sampled"]["accuracy_se"], r["sampled"]["maj@k"],
-                    r.get("greedy", {}).get("accuracy"), r["sampled"]["tokens_mean"], r["sampled"]["tokens_p90"],
-                    r["sampled"]["truncation"], r["sampled"]["accuracy_per_1k_tokens"],
-                    next(b["regret"] for b in r["budget_forcing"] if b["budget"] == top), r["tokens_to_target"]]
-                   for m, r in results.items()]
-        t.table("eval/summary", ["model", "pass@1", "pass@1_se", "maj@k", "greedy_accuracy", "tokens_mean",
-                                 "tokens_p90", "truncation", "accuracy_per_1k_tokens", f"regret@{top}",
-                                 "tokens_to_target"], summary, step=0)
-        t.table("eval/budget_forcing", ["model", "budget", "accuracy", "accuracy_se", "thinking_tokens_mean",
-                                        "extended_share", "regret"],
-                [[m, *b.values()] for m, r in results.items() for b in r["budget_forcing"]], step=0)
-        t.table("eval/by_difficulty", ["model", "difficulty", "prompts", "accuracy", "accuracy_se", "tokens_mean",
-                                       "tokens_se", "share_after_first_correct", "flip_rate"],
-                [[m, row["difficulty"], row["prompts"], row["accuracy"], row["accuracy_se"], row["tokens_mean"],
-                  row["tokens_se"], row.get("share_after_first_correct"), row.get("flip_rate")]
-                 for m, r in results.items() for row in r.get("by_difficulty", [])], step=0)
-        t.table("eval/episodes", ["model", "episode", "j", "thinking_tokens_mean", "traces"],
-                [[m, *row.values()] for m, r in results.items() for row in r.get("episodes", {}).get("curve", [])],
-                step=0)
-        for name, path in figures.items():
-            t.image(f"eval/{name}", path, step=0)
+    # ------------------------------------------------------------------ outputs
 
 
 def run_eval(cfg: Config, models: Sequence[tuple[str, str]] = ()) -> dict:

@@ -9,6 +9,7 @@ from mrt_ray.rewards.grading import (
 )
 from mrt_ray.rewards.shaping import (
     REWARDS,
+    GroupOutcome,
     RewardFn,
     get_reward,
     length_penalty_rewards,
@@ -19,6 +20,7 @@ from mrt_ray.rewards.shaping import (
 
 __all__ = [
     "REWARDS",
+    "GroupOutcome",
     "RewardFn",
     "extract_answer",
     "get_grader",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mrt_ray.config import Config
 from mrt_ray.rewards.grading import grading_stats
-from mrt_ray.rewards.shaping import REWARDS
+from mrt_ray.rewards.shaping import REWARDS, GroupOutcome
 from mrt_ray.trajectory import Trajectory
 
 
@@ -18,8 +18,9 @@ def score(groups: list[list[Trajectory]], cfg: Config, grader) -> dict:
         t.correct = bool(t.completion.finished and ok)
     reward_fn = REWARDS[cfg.algo.reward]
     for group in groups:
-        rewards = reward_fn([t.correct for t in group], [t.length for t in group],
-                            [t.completion.finished for t in group], cfg)
+        rewards = reward_fn(GroupOutcome([t.correct for t in group], [t.length for t in group],
+                                         [t.completion.finished for t in group], group[0].problem.meta.get("budget")),
+                            cfg)
         for t, r in zip(group, rewards):
             t.reward = float(r)
     counters = grading_stats()

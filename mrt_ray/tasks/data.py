@@ -185,7 +185,8 @@ def normalize_answer(value: Any) -> str:
     return answer
 
 
-def _prompt(cfg: TaskConfig, question: str, tokenizer: Any) -> str:
+def render_prompt(cfg: TaskConfig, question: str, tokenizer: Any) -> str:
+    """The text the policy continues: `question` in `task.template`, or in the tokenizer's chat template."""
     if not cfg.chat_template:
         return cfg.template.replace("{question}", question)
     messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
@@ -221,8 +222,8 @@ def _make_problem(obj: Any, row: int, stem: str, cfg: TaskConfig, tokenizer: Any
     if not question:
         raise _RowError("empty_question", f"empty question '{cfg.question_key}'")
     answer = normalize_answer(_get(obj, cfg.answer_key, "answer"))
-    prompt = _prompt(cfg, question, tokenizer)
-    meta: dict[str, Any] = {"row": row}
+    prompt = render_prompt(cfg, question, tokenizer)
+    meta: dict[str, Any] = {"row": row, "question": question}
     if cfg.difficulty_key:
         level = _get(obj, cfg.difficulty_key, "difficulty")
         if isinstance(level, bool) or not isinstance(level, (str, int, float)):

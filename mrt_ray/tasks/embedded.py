@@ -55,6 +55,7 @@ CONFIRM_LINES = ("Wait, check: {expr}={ans}", "But wait, {expr}={ans}", "Wait, a
 REPAIR_LINE = "Wait, that step looks wrong."
 RECHECK_LINE = "Wait, let me redo it step by step."
 EXACT_LINE = "Wait, let me compute it exactly."
+BUDGET_CUE, BUDGET_MAX_CUE = " [{n}]", " [<{n}]"  # L1 budget cues: "3+5-2=? [48]" / "3+5-2=? [<48]" before <think>
 
 
 def _rng(seed: int, stream: str, index: int) -> random.Random:
@@ -166,6 +167,12 @@ def grade(completion: str, answer: str) -> bool:
         return int(tail[0]) == int(answer)
     except ValueError:
         return False
+
+
+def cued_prompt(prompt: str, cue: str) -> str:
+    """`prompt` with a budget cue after the question, before the opening thinking tag."""
+    head, tag, tail = prompt.rpartition(f"\n{THINK_OPEN}")
+    return f"{head}{cue}{tag}{tail}"
 
 
 def task_problem(tc, seed: int, stream: str, index: int) -> Problem:

@@ -1,12 +1,15 @@
 """Step 1 of the data path: prompts. A `PromptSource` gives the prompts of training step k as a pure function of
-(seed, k), so a resumed run sees exactly the prompts an uninterrupted run would (the data position is the step)."""
+(seed, k), so a resumed run sees exactly the prompts an uninterrupted run would (the data position is the step).
+With `algo.budget` on, every prompt also carries a token budget drawn for (seed, stream, index) (L1/LCPO)."""
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from mrt_ray.config import Config
 from mrt_ray.tasks import Problem
-from mrt_ray.tasks.embedded import ANSWER_MARK, FORCE_TEXT, task_problem
+from mrt_ray.tasks.budget import Budget, cue_text, draw_budget
+from mrt_ray.tasks.embedded import ANSWER_MARK, BUDGET_CUE, BUDGET_MAX_CUE, FORCE_TEXT, cued_prompt, task_problem
 
 TIME_IS_UP = ("Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking and "
               "formulate a final answer based on what I already have.")
@@ -34,23 +37,24 @@ class PromptSource:
         self.skipped: dict[str, int] = {}
         if tc.name == "embedded":
             self.train: list[Problem] | None = None
-            self.eval = [task_problem(tc, cfg.seed, "eval", i)
-                         for i in range(cfg.eval.size)]
+            eval_set = [task_problem(tc, cfg.seed, "eval", i) for i in range(cfg.eval.size)]
         else:
             from mrt_ray.tasks.data import DataError, load_problems
 
-            limit = cfg.model.max_model_len - cfg.rollout.max_new_tokens
+            limit = cfg.model.max_model_len - cfg.rollout.max_new_tokens - self._cue_tokens()
             res = load_problems(tc, tc.path, tokenizer, limit if tokenizer is not None else None)
             self.skipped = dict(res.skipped)
             problems = res.problems
             if tc.eval_path:
                 self.train = problems
-                self.eval = load_problems(tc, tc.eval_path, tokenizer, limit).problems[: cfg.eval.size]
+                eval_set = load_problems(tc, tc.eval_path, tokenizer, limit).problems[: cfg.eval.size]
             else:
                 if len(problems) <= cfg.eval.size:
                     raise DataError(f"{tc.path}: {len(problems)} usable rows, but eval.size={cfg.eval.size} are held "
                                     f"out; lower eval.size or give task.eval_path")
-                self.train, self.eval = problems[: -cfg.eval.size], problems[-cfg.eval.size:]
+                self.train, eval_set = problems[: -cfg.eval.size], problems[-cfg.eval.size:]
+        self.eval_plain = eval_set  # without budget cues (`mrt-ray eval` puts its own targets in)
+        self.eval = [self.cued(p, draw_budget(cfg.algo.budget, cfg.seed, "eval", i)) for i, p in enumerate(eval_set)]
 
     @property
     def force_text(self) -> str:
@@ -61,13 +65,40 @@ class PromptSource:
         k = self.cfg.train.prompts_per_step
         tc = self.cfg.task
         if self.train is None:
-            return [task_problem(tc, self.cfg.seed, "train", step * k + i)
-                    for i in range(k)]
-        out = []
-        for i in range(step * k, (step + 1) * k):
-            epoch, pos = divmod(i, len(self.train))
-            out.append(self.train[self._order(epoch)[pos]])
-        return out
+            out = [task_problem(tc, self.cfg.seed, "train", step * k + i) for i in range(k)]
+        else:
+            out = []
+            for i in range(step * k, (step + 1) * k):
+                epoch, pos = divmod(i, len(self.train))
+                out.append(self.train[self._order(epoch)[pos]])
+        return [self.cued(p, draw_budget(self.cfg.algo.budget, self.cfg.seed, "train", step * k + i))
+                for i, p in enumerate(out)]
+
+    def cued(self, p: Problem, budget: Budget | None) -> Problem:
+        """`p` asking for `budget` in its prompt (meta["budget"] records it); `p` itself when budget is None. The cue
+        goes before the embedded task's thinking tag, or after a real question (before its template is applied)."""
+        if budget is None:
+            return p
+        if p.meta.get("budget") is not None:
+            raise ValueError(f"problem {p.id} already carries a budget ({p.meta['budget']}); cue its plain version")
+        if self.cfg.task.name == "embedded":
+            prompt = cued_prompt(p.prompt, cue_text(budget, BUDGET_CUE, BUDGET_MAX_CUE))
+        else:
+            from mrt_ray.tasks.data import render_prompt
+
+            bc = self.cfg.algo.budget
+            prompt = render_prompt(self.cfg.task, f"{p.meta['question']} {cue_text(budget, bc.cue, bc.max_cue)}",
+                                   self.tok)
+        return dataclasses.replace(p, prompt=prompt, meta={**p.meta, "budget": budget})
+
+    def _cue_tokens(self) -> int:
+        """Most prompt tokens a budget cue adds to a real question, plus one for a merge at the seam (0 without
+        budgets or a tokenizer)."""
+        top = max([self.cfg.algo.budget.max_tokens, *self.cfg.eval.targets])
+        if not top or self.tok is None:
+            return 0
+        bc = self.cfg.algo.budget
+        return 1 + max(len(self.encode(f" {cue_text(Budget(top, k), bc.cue, bc.max_cue)}")) for k in ("exact", "max"))
 
     def _order(self, epoch: int) -> list[int]:
         """Epoch e visits the rows in a seeded permutation (cached for the current epoch)."""
