@@ -10,10 +10,11 @@ import pytest
 
 from mrt_ray.config import BudgetConfig, ConfigError, load_config
 from mrt_ray.eval.adherence import adherence_row
+from mrt_ray.rewards import get_grader
 from mrt_ray.rewards.score import score
 from mrt_ray.rollout.types import Completion
 from mrt_ray.tasks.budget import Budget, budget_stats, cue_text, draw_budget
-from mrt_ray.tasks.embedded import cued_prompt, grade, make_problem
+from mrt_ray.tasks.embedded import cued_prompt, make_problem
 from mrt_ray.tasks.source import PromptSource
 from mrt_ray.trajectory import Trajectory
 from mrt_ray.validation import validate
@@ -111,7 +112,7 @@ def test_score_hands_each_prompt_its_budget_and_steps_log_adherence() -> None:
     src = PromptSource(cfg)
     p = src.cued(src.eval_plain[0], Budget(40))
     group = [_traj(p, f"#### {p.answer}", 30), _traj(p, "#### -1", 40), _traj(p, f"#### {p.answer}", 60, False)]
-    stats = score([group], cfg, grade)
+    stats = score([group], cfg, get_grader("exact"))
     assert [t.reward for t in group] == pytest.approx([1 - 0.1, 0.0, -0.2])  # the truncated sample is wrong
     assert stats["accuracy"] == pytest.approx(1 / 3)
     assert budget_stats([group]) == pytest.approx({"budget_target_mean": 40.0, "budget_abs_error": 10.0,
