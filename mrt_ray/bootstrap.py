@@ -2,8 +2,9 @@
 
 A character-level tokenizer (a `tokenizer.json` that AutoTokenizer and vLLM load) and a small Qwen2 causal LM,
 trained by supervised fine-tuning on a deliberately over-thinking mix of trace styles (mrt_ray/tasks/embedded.py), so
-that RL has both accuracy and length to improve. Saved in HF format (safetensors), cached under
-`bootstrap.cache_dir/<config hash>`, deterministic for a seed.
+that RL has both accuracy and length to improve; with task.traces=backtrack, on linearised searches instead
+(mrt_ray/tasks/backtrack.py; bootstrap.sft_loss=suffix: loss only on the attempt after the last backtrack). Saved in
+HF format (safetensors), cached under `bootstrap.cache_dir/<config hash>`, deterministic for a seed.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from mrt_ray import console
 from mrt_ray.config import BootstrapConfig, Config, TaskConfig
+from mrt_ray.tasks import backtrack
 from mrt_ray.tasks.embedded import make_trace, style_weights, task_problem
 from mrt_ray.utils import atomic_dir, seed_everything
 
@@ -67,12 +70,14 @@ def build_model(cfg: BootstrapConfig, vocab_size: int, max_len: int, seed: int):
 def cache_key(cfg: Config) -> str:
     """Hash of everything the base policy depends on (bootstrap settings, task shape, seed, context length)."""
     relevant = {
-        "bootstrap": {k: v for k, v in asdict(cfg.bootstrap).items() if k not in ("cache_dir", "threads")},
+        "bootstrap": {k: v for k, v in asdict(cfg.bootstrap).items() if k not in ("cache_dir", "threads", "sft_loss")},
         "task": {k: getattr(cfg.task, k) for k in ("min_terms", "max_terms", "max_operand", "max_value")},
         "seed": cfg.seed,
         "max_model_len": cfg.model.max_model_len,
         "format": 7,  # 2: byte-level char tokenizer; 3: difficulty-dependent mix; 7: estimate, then compute
     }
+    if cfg.task.traces != "r1":  # the other families enter the key only when chosen: r1 keys stay as they were
+        relevant["traces"] = {"family": cfg.task.traces, "format": backtrack.FORMAT, "sft_loss": cfg.bootstrap.sft_loss}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -81,19 +86,26 @@ def base_model_dir(cfg: Config) -> Path:
 
 
 def sft_batch(tok, task: TaskConfig, bc: BootstrapConfig, seed: int, step: int, batch: int):
-    """One SFT batch: ids [B, T], labels [B, T] (-100 on prompt and padding), attention mask [B, T]. Each problem's
-    trace style is drawn from the mix at its difficulty (`style_weights`)."""
+    """One SFT batch: ids [B, T], labels [B, T] (-100 on prompt, unlearned context and padding), attention mask
+    [B, T]. r1 traces: each problem's trace style is drawn from the mix at its difficulty (`style_weights`).
+    backtrack traces: `backtrack.search_example`; with sft_loss=suffix the text up to the last backtrack line is
+    context (no loss), as the reference's sft_suffix."""
     rng = random.Random(f"{seed}/sft/{step}")
     rows = []
     for i in range(batch):
-        p = task_problem(task, seed, "sft", step * batch + i)
-        weights = style_weights(bc.style_weights_easy, bc.style_weights_hard, p.meta["difficulty_frac"])
-        if not any(weights.values()):
-            raise ValueError("bootstrap.style_weights_easy/_hard give every trace style weight 0")
-        style = rng.choices(list(weights), weights=list(weights.values()))[0]
-        prompt_ids = tok(p.prompt, add_special_tokens=False)["input_ids"]
-        comp_ids = tok(make_trace(p, style, rng), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        rows.append((prompt_ids, comp_ids))
+        if task.traces == "backtrack":
+            p, trace = backtrack.search_example(task, seed, step * batch + i)
+            cut = backtrack.suffix_start(trace) if bc.sft_loss == "suffix" else 0
+        else:
+            p = task_problem(task, seed, "sft", step * batch + i)
+            weights = style_weights(bc.style_weights_easy, bc.style_weights_hard, p.meta["difficulty_frac"])
+            if not any(weights.values()):
+                raise ValueError("bootstrap.style_weights_easy/_hard give every trace style weight 0")
+            style = rng.choices(list(weights), weights=list(weights.values()))[0]
+            trace, cut = make_trace(p, style, rng), 0
+        context_ids = tok(p.prompt + trace[:cut], add_special_tokens=False)["input_ids"]
+        comp_ids = tok(trace[cut:], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        rows.append((context_ids, comp_ids))
     width = max(len(a) + len(b) for a, b in rows)
     ids = torch.full((batch, width), tok.pad_token_id)
     labels = torch.full((batch, width), -100)
@@ -107,13 +119,16 @@ def sft_batch(tok, task: TaskConfig, bc: BootstrapConfig, seed: int, step: int, 
 
 
 @torch.no_grad()
-def hf_evaluate(model, tok, problems, max_new_tokens: int, greedy: bool = True, batch: int = 100, seed: int = 0):
-    """Accuracy and completion tokens with HF generate (used to report the base policy; training evals use vLLM)."""
+def hf_evaluate(model, tok, problems, max_new_tokens: int, greedy: bool = True, batch: int = 100, seed: int = 0,
+                attempts: Callable[[str], int] | None = None):
+    """Accuracy and completion tokens with HF generate (used to report the base policy; training evals use vLLM);
+    with `attempts` (completion text -> attempts in its search), also the mean attempts and the share that
+    backtrack."""
     from mrt_ray.tasks.embedded import grade
 
     model.eval()
     tok.padding_side = "left"
-    correct, lengths = [], []
+    correct, lengths, searched = [], [], []
     torch.manual_seed(seed)
     for s in range(0, len(problems), batch):
         chunk = problems[s:s + batch]
@@ -127,13 +142,18 @@ def hf_evaluate(model, tok, problems, max_new_tokens: int, greedy: bool = True, 
             text = tok.decode(row[:n], skip_special_tokens=True)
             correct.append(grade(text, p.answer) and tok.eos_token_id in row)
             lengths.append(n)
+            searched += [attempts(text)] if attempts else []
     acc = sum(correct) / len(correct)
-    return {
+    out = {
         "accuracy": acc,
         "accuracy_se": math.sqrt(acc * (1 - acc) / len(correct)),
         "mean_tokens": sum(lengths) / len(lengths),
         "n": len(correct),
     }
+    if searched:
+        out["attempts_mean"] = sum(searched) / len(searched)
+        out["backtrack_share"] = sum(a > 1 for a in searched) / len(searched)
+    return out
 
 
 def bootstrap(cfg: Config, force: bool = False, eval_size: int | None = None) -> Path:
@@ -179,10 +199,13 @@ def _train_base(cfg: Config, out: Path, eval_size: int | None) -> None:
     n_eval = eval_size if eval_size is not None else cfg.eval.size
     problems = [task_problem(cfg.task, cfg.seed, "eval", i)
                 for i in range(n_eval)]
-    greedy = hf_evaluate(model, tok, problems, cfg.rollout.max_new_tokens, greedy=True)
-    sampled = hf_evaluate(model, tok, problems, cfg.rollout.max_new_tokens, greedy=False, seed=cfg.seed)
+    count = (lambda text: len(backtrack.attempt_answers(text))) if cfg.task.traces == "backtrack" else None
+    greedy = hf_evaluate(model, tok, problems, cfg.rollout.max_new_tokens, greedy=True, attempts=count)
+    sampled = hf_evaluate(model, tok, problems, cfg.rollout.max_new_tokens, greedy=False, seed=cfg.seed,
+                          attempts=count)
     report = {
         "params": n_params, "sft_steps": bc.steps, "final_loss": loss.item(), "train_seconds": round(train_s, 1),
+        "traces": cfg.task.traces, "sft_loss": bc.sft_loss,
         "total_seconds": round(time.time() - t0, 1), "greedy": greedy, "sampled": sampled, "cache_key": cache_key(cfg),
     }
     with atomic_dir(out) as tmp:

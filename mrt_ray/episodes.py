@@ -23,8 +23,12 @@ from dataclasses import dataclass
 from mrt_ray.config import SegmentConfig
 
 # separator=blank_lines: a newline, then one or more blank (empty or spaces/tabs only) lines. "\n\n", "\n\n\n" and
-# "\n  \n" are each one separator. separator=double_newline (the reference's rule): exactly "\n\n".
+# "\n  \n" are each one separator. separator=double_newline (the reference's rule): exactly "\n\n". separator=lines:
+# exactly "\n", so every line is a paragraph and a marker matches at a line start (the backtracking-search traces,
+# whose "Backtrack to ..." line opens the next attempt with no blank line before it).
 _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
+_EXACT = {"double_newline": "\n\n", "lines": "\n"}
+SEPARATORS = ("double_newline", "blank_lines", "lines")
 
 
 @dataclass(frozen=True)
@@ -45,13 +49,14 @@ def thinking_region(text: str, think_open: str = "<think>", think_close: str = "
 def _paragraphs(text: str, start: int, end: int, separator: str) -> list[tuple[int, int]]:
     """(start, end) of each paragraph of text[start:end].
 
-    double_newline: the pieces of a split on exactly "\n\n", empty ones included (they count as paragraphs, as in
-    the reference code); blank_lines: the non-blank pieces between runs of blank lines."""
+    double_newline / lines: the pieces of a split on exactly "\n\n" / "\n", empty ones included (they count as
+    paragraphs, as in the reference code); blank_lines: the non-blank pieces between runs of blank lines."""
     spans, pos = [], start
-    if separator == "double_newline":
-        while (k := text.find("\n\n", pos, end)) >= 0:
+    if separator in _EXACT:
+        sep = _EXACT[separator]
+        while (k := text.find(sep, pos, end)) >= 0:
             spans.append((pos, k))
-            pos = k + 2
+            pos = k + len(sep)
         return spans + [(pos, end)]
     for m in _BLANK_LINES.finditer(text, start, end):
         spans.append((pos, m.start()))
@@ -69,8 +74,8 @@ def _check(cfg: SegmentConfig) -> None:
         raise ValueError(f"segment.group_size={cfg.group_size} must be >= 1")
     if any(not m.strip() for m in cfg.markers):
         raise ValueError(f"segment.markers={cfg.markers!r} contains an empty marker")
-    if cfg.separator not in ("double_newline", "blank_lines"):
-        raise ValueError(f"segment.separator={cfg.separator!r} is not one of ['double_newline', 'blank_lines']")
+    if cfg.separator not in SEPARATORS:
+        raise ValueError(f"segment.separator={cfg.separator!r} is not one of {list(SEPARATORS)}")
 
 
 def segment(

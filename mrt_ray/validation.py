@@ -68,6 +68,27 @@ def gpu_errors(cfg: Config) -> list[str]:
     return errors
 
 
+def _backtrack_errors(cfg: Config) -> list[str]:
+    """The backtracking-search traces are the embedded task's, and their attempts are episodes only when the
+    backtrack line opens one (conf/task/embedded_backtrack.yaml sets both)."""
+    from mrt_ray.tasks.backtrack import TO_BEGINNING, TO_LINE
+
+    errors, seg = [], cfg.progress.segment
+    if cfg.bootstrap.sft_loss == "suffix" and cfg.task.traces != "backtrack":
+        errors.append("bootstrap.sft_loss=suffix trains on the attempt after the last backtrack: it needs "
+                      "task.traces=backtrack (task=embedded_backtrack)")
+    if cfg.task.traces != "backtrack":
+        return errors
+    if cfg.task.name != "embedded":
+        errors.append(f"task.traces=backtrack is a trace family of the embedded task; got task.name={cfg.task.name}")
+    lines = (TO_BEGINNING, TO_LINE.format(n=1))
+    if seg.separator != "lines" or not all(any(ln.startswith(m) for m in seg.markers) for ln in lines):
+        errors.append(f"task.traces=backtrack: an attempt is an episode only with progress.segment.separator=lines "
+                      f"and a marker that starts both backtrack lines ('Backtrack to'); got separator="
+                      f"{seg.separator}, markers={list(seg.markers)} (task=embedded_backtrack sets them)")
+    return errors
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible combinations with one clear message, before anything starts."""
     errors = registry_errors(cfg) + gpu_errors(cfg)
@@ -81,6 +102,7 @@ def validate(cfg: Config) -> None:
                       f"{2 * cfg.task.max_operand - 1} so every chain can stay in [0, max_value]")
     if cfg.task.name == "embedded" and cfg.task.min_terms > cfg.task.max_terms:
         errors.append(f"task.min_terms={cfg.task.min_terms} must be <= task.max_terms={cfg.task.max_terms}")
+    errors += _backtrack_errors(cfg)
     if cfg.task.name == "file" and not cfg.task.path:
         errors.append("task.name=file needs task.path (a JSONL/Parquet file or a saved HF dataset directory)")
     if cfg.model.max_model_len < cfg.rollout.max_new_tokens + 16:

@@ -134,7 +134,8 @@ Later sources win:
 1. `conf/default.yaml` (the dataclass defaults),
 2. `--config FILE`: any subset of the same keys, merged over it,
 3. group presets given as `group=name` on the command line: `algo=`, `model=`, `task=` merge
-   `conf/<group>/<name>.yaml` into that section, in command-line order,
+   `conf/<group>/<name>.yaml` into that section, in command-line order (a preset whose header holds Hydra's
+   `# @package _global_` line merges at the root: `task=embedded_backtrack` also sets the segmentation and lengths),
 4. dotlist overrides `section.key=value` (OmegaConf syntax, e.g. `learner.betas=[0.9,0.99]`), in command-line
    order. Presets are applied before every dotlist override wherever they stand on the command line, so
    `algo.alpha=0.3 algo=length_penalty` ends with alpha 0.3.
@@ -290,18 +291,20 @@ def section_tables(means: dict[str, str]) -> str:
 
 def preset_header(path: Path) -> str:
     lines = [ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
-    return " ".join(lines)
+    return " ".join(ln for ln in lines if ln != "@package _global_")
 
 
 def presets_table() -> str:
     from omegaconf import OmegaConf
 
-    out = ["\n## Presets\n", "`group=name` merges `conf/<group>/<name>.yaml` into that section.\n",
+    out = ["\n## Presets\n", "`group=name` merges `conf/<group>/<name>.yaml` into that section (a preset headed "
+           "`# @package _global_` merges at the root and names its sections).\n",
            "| preset | what it is | keys it sets |", "| --- | --- | --- |"]
     for group in C.GROUPS:
         for path in sorted((C.CONF_DIR / group).glob("*.yaml")):
             flat = OmegaConf.to_container(OmegaConf.load(path))
-            sets = [f"`{group}.{k}={_cell(json.dumps(v))}`" for k, v in _flatten(flat)]
+            where = "" if C.is_global_preset(path) else f"{group}."
+            sets = [f"`{where}{k}={_cell(json.dumps(v))}`" for k, v in _flatten(flat)]
             out.append(f"| `{group}={path.stem}` | {_cell(preset_header(path))} | {' '.join(sets)} |")
     return "\n".join(out) + "\n"
 

@@ -16,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from mrt_ray import cli
-from mrt_ray.config import CONF_DIR, GROUPS, Config, ConfigError, from_yaml_file, load_config, to_yaml
+from mrt_ray.config import CONF_DIR, GROUPS, Config, ConfigError, from_yaml_file, is_global_preset, load_config, to_yaml
 from mrt_ray.validation import validate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,8 +71,10 @@ def test_every_group_has_presets() -> None:
 @pytest.mark.parametrize(("group", "name"), PRESETS, ids=[f"{g}={n}" for g, n in PRESETS])
 def test_preset_loads_and_sets_its_keys(group: str, name: str) -> None:
     cfg = load_config(None, _preset_overrides(group, name))
-    resolved = OmegaConf.to_container(OmegaConf.structured(cfg))[group]
-    preset = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"))
+    path = CONF_DIR / group / f"{name}.yaml"
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg))
+    resolved = resolved if is_global_preset(path) else resolved[group]  # a global preset names its sections
+    preset = OmegaConf.to_container(OmegaConf.load(path))
 
     def check(want: dict, got: dict, where: str) -> None:
         for k, v in want.items():
@@ -81,7 +83,7 @@ def test_preset_loads_and_sets_its_keys(group: str, name: str) -> None:
             else:
                 assert got[k] == v, f"{where}.{k}: preset says {v!r}, resolved {got[k]!r}"
 
-    check(preset, resolved, group)
+    check(preset, resolved, "" if is_global_preset(path) else group)
 
 
 def test_loading_order_file_then_presets_then_dotlist(tmp_path: Path) -> None:

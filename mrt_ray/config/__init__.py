@@ -6,6 +6,7 @@ from mrt_ray.config.load import (
     check_fields,
     from_yaml_file,
     group_presets,
+    is_global_preset,
     load_config,
     to_dict,
     to_yaml,
@@ -36,5 +37,5 @@ __all__ = [
     "CONF_DIR", "GROUPS", "AlgoConfig", "BootstrapConfig", "BudgetConfig", "Config", "ConfigError", "EndpointConfig",
     "EvalConfig", "GridConfig", "LearnerConfig", "MRTConfig", "ModelConfig", "ProgressConfig", "RayConfig",
     "RolloutConfig", "RunConfig", "SegmentConfig", "SweepConfig", "TaskConfig", "TrainConfig", "WandbConfig",
-    "check_fields", "from_yaml_file", "group_presets", "load_config", "to_dict", "to_yaml",
+    "check_fields", "from_yaml_file", "group_presets", "is_global_preset", "load_config", "to_dict", "to_yaml",
 ]

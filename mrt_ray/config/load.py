@@ -1,8 +1,9 @@
 """Loading: `conf/default.yaml` -> optional `--config FILE` -> group presets (`algo=mrt` merges `conf/algo/mrt.yaml`
-into the `algo` section) -> dotlist overrides (`learner.lr=1e-5`). Unknown keys and wrong types raise `ConfigError`
-with the key, the value and the nearest valid keys; a value outside its field's range or choices (declared in
-`schema.py`) is one line naming the key. Rules that span keys or need the registries are `mrt_ray.validation`'s,
-called by the composition root (the CLI) before anything starts.
+into the `algo` section; a preset whose header holds Hydra's `# @package _global_` line merges at the root instead, so
+it can set keys of other sections) -> dotlist overrides (`learner.lr=1e-5`). Unknown keys and wrong types raise
+`ConfigError` with the key, the value and the nearest valid keys; a value outside its field's range or choices
+(declared in `schema.py`) is one line naming the key. Rules that span keys or need the registries are
+`mrt_ray.validation`'s, called by the composition root (the CLI) before anything starts.
 """
 from __future__ import annotations
 
@@ -123,6 +124,16 @@ def group_presets(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def is_global_preset(path: Path) -> bool:
+    """Whether the preset's leading comment block holds Hydra's `# @package _global_` (merge at the root)."""
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            return False
+        if line[1:].strip() == "@package _global_":
+            return True
+    return False
+
+
 def load_config(config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Resolve the configuration; raises ConfigError naming the offending key or file."""
     schema = OmegaConf.structured(Config)
@@ -138,8 +149,10 @@ def load_config(config_file: str | None = None, overrides: list[str] | tuple[str
             names = group_presets(key)
             if value not in names:
                 raise ConfigError(f"'{key}={value}': no preset conf/{key}/{value}.yaml; choose one of {names}")
-            preset = _load_yaml(CONF_DIR / key / f"{value}.yaml", ov)
-            cfg = _merge(schema, cfg, OmegaConf.create({key: preset}), f"conf/{key}/{value}.yaml")
+            path = CONF_DIR / key / f"{value}.yaml"
+            preset = _load_yaml(path, ov)
+            cfg = _merge(schema, cfg, preset if is_global_preset(path) else OmegaConf.create({key: preset}),
+                         f"conf/{key}/{value}.yaml")
         else:
             dotlist.append(ov)
     for ov in dotlist:

@@ -80,6 +80,9 @@ class TaskConfig:
     eval_path: str = ""  # held-out file; empty: the last `eval.size` rows are held out
     think_open: str = "<think>"
     think_close: str = "</think>"
+    # r1: episodes open with "Wait"; backtrack: a linearised search, "Node k:" steps and attempts separated by
+    # "Backtrack to ..." lines (task=embedded_backtrack)
+    traces: str = choice("r1", "r1", "backtrack")  # the embedded task's trace family (what the bootstrap trains on)
 
 
 @dataclass
@@ -101,6 +104,9 @@ class BootstrapConfig:
         {"concise": 0.1, "stepwise": 0.1, "confirm": 0.8, "estimate": 0.0})  # at task.min_terms
     style_weights_hard: dict[str, float] = nonneg(
         {"concise": 0.1, "stepwise": 0.3, "confirm": 0.2, "estimate": 0.4})  # at task.max_terms
+    # full: the whole completion; suffix (backtrack traces only): the attempt after the last backtrack line, the
+    # rest is context (the MRT reference's sft_suffix)
+    sft_loss: str = choice("full", "full", "suffix")  # the completion tokens the SFT loss covers
     cache_dir: str = "runs/base"  # the model is cached at <cache_dir>/<config hash>
 
 
@@ -211,8 +217,9 @@ class SegmentConfig:
     max_steps: int = nonneg(49)  # at most this many boundaries, so max_steps + 1 episodes (the reference's max_steps)
     group_size: int = pos(1)  # merge consecutive episodes in groups of this size
     # double_newline: split on exactly "\n\n", markers match the raw paragraph (the reference's rule);
-    # blank_lines: any run of blank lines separates, markers match after leading whitespace
-    separator: str = choice("double_newline", "double_newline", "blank_lines")  # paragraph rule
+    # blank_lines: any run of blank lines separates, markers match after leading whitespace;
+    # lines: split on exactly "\n", markers match at a line start (the backtracking-search traces)
+    separator: str = choice("double_newline", "double_newline", "blank_lines", "lines")  # paragraph rule
 
 
 @dataclass

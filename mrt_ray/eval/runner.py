@@ -6,7 +6,9 @@ plan, token-id prompts and completions, so every budget counts the served model'
 Per model, on the eval problems (`PromptSource.eval`; arguments in `mrt_ray.eval.plan`):
   1. sampled: eval.n_samples traces per problem at eval.temperature (rollout.max_new_tokens) -> pass@1 with stderr,
      maj@k (k = eval.n_samples; truncated samples cast no vote), completion tokens mean/p50/p90, truncation rate,
-     accuracy per 1k tokens; greedy accuracy too when eval.greedy.
+     accuracy per 1k tokens; greedy accuracy too when eval.greedy. With task.traces=backtrack also the
+     linearised-search view of every trace (`sampled.search`, `eval/search.py`): maj over the answers of its attempts
+     against its final answer, and what its backtracks did.
   2. budget forcing: for every sampled trace and every budget B in eval.budgets keep B thinking tokens (cut the
      natural thinking; past its natural end append eval.continue_marker and let the model think on, once per trace
      for its largest budget), append the forcing text and take ONE GREEDY answer (the sampled traces are the only
@@ -59,6 +61,7 @@ from mrt_ray.eval.metrics import (
 from mrt_ray.eval.outputs import json_clean, log_tables, plot_results
 from mrt_ray.eval.plan import budget_thinking, endpoint_url, episode_curve, equal_token_pairs, natural_thinking
 from mrt_ray.eval.regret import regret_curve
+from mrt_ray.eval.search import sampled_search_stats
 from mrt_ray.models import load_tokenizer, resolve_model, resolve_model_path
 from mrt_ray.progress.pool import Estimator, segment_trajectory
 from mrt_ray.rewards import extract_answer, get_grader
@@ -168,6 +171,7 @@ class EvalRunner:
         return {"dir": str(self.dir), "eval_json": str(self.dir / "eval.json"), "models": {
             label: {"pass@1": r["sampled"]["accuracy"], "maj@k": r["sampled"]["maj@k"],
                     "tokens_mean": r["sampled"]["tokens_mean"],
+                    **({"search_maj": r["sampled"]["search"]["maj_accuracy"]} if "search" in r["sampled"] else {}),
                     f"regret@{top}": next(b["regret"] for b in r["budget_forcing"] if b["budget"] == top)}
             for label, r in results.items()}}
 
@@ -270,6 +274,9 @@ class EvalRunner:
             "tokens_p50": token_stats([t.length for g in groups for t in g])["p50"],
             "accuracy_per_1k_tokens": accuracy_per_1k_tokens(stats["accuracy"], stats["tokens_mean"]),
         })
+        if cfg.task.traces == "backtrack":  # each trace is a search: its attempts' answers vote (eval/search.py)
+            stats["search"] = sampled_search_stats(groups, correct, self.vote_grader, cfg.task.think_open,
+                                                   cfg.task.think_close)
         return stats
 
     def budget_forcing(self, groups: list[list[Trajectory]], pool: RolloutPool, source: PromptSource,
