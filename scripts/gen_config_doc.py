@@ -283,19 +283,22 @@ def section_tables(means: dict[str, str]) -> str:
 
 
 def preset_header(path: Path) -> str:
-    lines = [ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
+    lines = [ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#") and ln != C.GLOBAL_PACKAGE]
     return " ".join(lines)
 
 
 def presets_table() -> str:
     from omegaconf import OmegaConf
 
-    out = ["\n## Presets\n", "`group=name` merges `conf/<group>/<name>.yaml` into that section.\n",
+    out = ["\n## Presets\n", "`group=name` merges `conf/<group>/<name>.yaml` into that section; a preset whose first "
+           f"line is `{C.GLOBAL_PACKAGE}` is merged at the root, so it may also set keys of other sections (a model's "
+           "MRT segmentation, a task's meta-prover).\n",
            "| preset | what it is | keys it sets |", "| --- | --- | --- |"]
     for group in C.GROUPS:
         for path in sorted((C.CONF_DIR / group).glob("*.yaml")):
             flat = OmegaConf.to_container(OmegaConf.load(path))
-            sets = [f"`{group}.{k}={_cell(json.dumps(v))}`" for k, v in _flatten(flat)]
+            prefix = "" if C.is_global_preset(path) else f"{group}."
+            sets = [f"`{prefix}{k}={_cell(json.dumps(v))}`" for k, v in _flatten(flat)]
             out.append(f"| `{group}={path.stem}` | {_cell(preset_header(path))} | {' '.join(sets)} |")
     return "\n".join(out) + "\n"
 

@@ -6,6 +6,7 @@ from mrt_ray.config.load import (
     check_fields,
     from_yaml_file,
     group_presets,
+    is_global_preset,
     load_config,
     to_dict,
     to_yaml,

@@ -1,5 +1,6 @@
 """Loading: `conf/default.yaml` -> optional `--config FILE` -> group presets (`algo=mrt` merges `conf/algo/mrt.yaml`
-into the `algo` section) -> dotlist overrides (`learner.lr=1e-5`). Unknown keys and wrong types raise `ConfigError`
+into the `algo` section; a preset headed `# @package _global_` is merged at the root) -> dotlist overrides
+(`learner.lr=1e-5`). Unknown keys and wrong types raise `ConfigError`
 with the key, the value and the nearest valid keys; a value outside its field's range or choices (declared in
 `schema.py`) is one line naming the key. Rules that span keys or need the registries are `mrt_ray.validation`'s,
 called by the composition root (the CLI) before anything starts.
@@ -19,6 +20,7 @@ from mrt_ray.config.schema import Config
 
 CONF_DIR = Path(os.environ.get("MRT_RAY_CONF", Path(__file__).resolve().parents[2] / "conf"))
 GROUPS = ("algo", "model", "task", "eval")  # `group=name` overrides load conf/<group>/<name>.yaml
+GLOBAL_PACKAGE = "# @package _global_"  # a preset's first line: its keys are full paths (any section), as in Hydra
 
 
 class ConfigError(ValueError):
@@ -116,6 +118,13 @@ def group_presets(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def is_global_preset(path: Path) -> bool:
+    """A preset that sets keys outside its own section (a model's MRT segmentation, a task's meta-prover): its first
+    line is GLOBAL_PACKAGE and its keys are written from the root."""
+    with path.open() as f:
+        return f.readline().strip() == GLOBAL_PACKAGE
+
+
 def load_config(config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Resolve the configuration; raises ConfigError naming the offending key or file."""
     schema = OmegaConf.structured(Config)
@@ -131,8 +140,10 @@ def load_config(config_file: str | None = None, overrides: list[str] | tuple[str
             names = group_presets(key)
             if value not in names:
                 raise ConfigError(f"'{key}={value}': no preset conf/{key}/{value}.yaml; choose one of {names}")
-            preset = _load_yaml(CONF_DIR / key / f"{value}.yaml", ov)
-            cfg = _merge(schema, cfg, OmegaConf.create({key: preset}), f"conf/{key}/{value}.yaml")
+            path = CONF_DIR / key / f"{value}.yaml"
+            preset = _load_yaml(path, ov)
+            node = preset if is_global_preset(path) else OmegaConf.create({key: preset})
+            cfg = _merge(schema, cfg, node, f"conf/{key}/{value}.yaml")
         else:
             dotlist.append(ov)
     for ov in dotlist:
@@ -152,11 +163,12 @@ def load_config(config_file: str | None = None, overrides: list[str] | tuple[str
 
 
 def _is_dict_key(schema: DictConfig, key: str) -> bool:
-    """`bootstrap.style_weights_easy.verbose` and `grid.methods.<label>` are valid: their parent is a free-form dict."""
+    """`bootstrap.style_weights_easy.verbose`, `grid.methods.<label>` and `task.dataset_config.<key>` are valid: their
+    parent is a free-form dict."""
     parent = key.rsplit(".", 1)[0] if "." in key else ""
     node = OmegaConf.select(schema, parent, default=None) if parent else None
     return isinstance(node, DictConfig) and parent in ("bootstrap.style_weights_easy", "bootstrap.style_weights_hard",
-                                                                "grid.methods")
+                                                                "grid.methods", "task.dataset_config")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -5,12 +5,14 @@ Command arguments (`parse_eval_args`):
   model=PATH        evaluate the HF causal-LM directory PATH, labelled PATH; a training run directory (one with
                     checkpoints/latest) stands for its latest checkpoint's hf/ policy;
   model=LABEL:PATH  the same, labelled LABEL (LABEL: letters, digits, `_ . + -`); repeat model= for several models;
+  model=PRESET      a model preset of conf/model (e.g. smollm2; a path of that name wins): its keys are applied and
+                    its base model is evaluated, labelled PRESET (training runs of that model: model=LABEL:RUN_DIR);
   data=embedded     the embedded chain-arithmetic task (task.name=embedded task.grader=exact);
   data=FILE         FILE's held-out rows, the same ones training holds out: its last eval.size usable rows
                     (task.name=file task.path=FILE task.grader=math; later key=value overrides win, e.g.
                     task.question_key=problem; task.eval_path=FILE2 evaluates FILE2's first eval.size rows instead).
-Every other argument is a normal config override (`key=value` or `group=preset`, except the `model` group: its keys
-are set one by one, e.g. model.dtype=bfloat16).
+Every other argument is a normal config override (`key=value` or `group=preset`; the `model` group's presets are
+the model=PRESET form above).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrt_ray.config import ConfigError
+from mrt_ray.config import ConfigError, group_presets
 from mrt_ray.episodes import thinking_region, token_boundaries
 from mrt_ray.eval.forcing import BudgetPlan
 from mrt_ray.progress.estimate import mean_progress_by_episode
@@ -29,7 +31,7 @@ _LABELLED = re.compile(r"^([A-Za-z0-9_.+-]+):(.+)$")
 
 @dataclass(frozen=True)
 class EvalArgs:
-    models: tuple[tuple[str, str], ...]  # (label, path); empty: the embedded base model
+    models: tuple[tuple[str, str], ...]  # (label, path; "": the configured base model); empty: the base model only
     data: str  # "" (as configured), "embedded" or a file/directory path
     overrides: tuple[str, ...]  # config overrides: data's own first, then the user's in order
 
@@ -45,6 +47,9 @@ def parse_eval_args(args: Sequence[str]) -> EvalArgs:
                 raise ConfigError(f"'{arg}': give model=PATH or model=LABEL:PATH")
             m = _LABELLED.match(value)
             label, path = (m.group(1), m.group(2)) if m else (value.rstrip("/") or value, value)
+            if not m and value in group_presets("model") and not Path(value).exists():
+                rest.append(arg)  # the preset's keys, applied like any group=preset override
+                path = ""
             if label in dict(models):
                 raise ConfigError(f"'{arg}': the label {label!r} is already used by another model=; "
                                   f"name them apart with model=LABEL:PATH")

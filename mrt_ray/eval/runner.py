@@ -90,7 +90,8 @@ class EvalRunner:
         if not ec.continue_marker:
             raise ConfigError("eval.continue_marker is empty: budgets past a trace's end need a marker (e.g. 'Wait')")
         if models:
-            self.models = [(label, resolve_model_path(path, cfg.model)) for label, path in models]
+            self.models = [(label, resolve_model_path(path, cfg.model) if path else resolve_model(cfg))
+                           for label, path in models]
             for label, path in self.models:  # fail before Ray starts
                 if not Path(path).is_dir():
                     raise FileNotFoundError(f"model={label}: {path} is not a directory (an HF causal-LM directory or "
@@ -102,7 +103,7 @@ class EvalRunner:
         cfg.wandb.name = cfg.wandb.name or self.dir.name
         (self.dir / "eval_config.yaml").write_text(to_yaml(cfg))
         self.cfg = cfg
-        self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout)
+        self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout, cfg.task.dataset)
         self.stages = [s for s in STAGES if (s != "greedy" or ec.greedy) and (s != "episodes" or ec.episode_curve)]
 
     def vote_grader(self, voted: str, gold: str) -> bool:
