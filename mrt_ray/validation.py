@@ -105,6 +105,11 @@ def validate(cfg: Config) -> None:
     errors += _backtrack_errors(cfg)
     if cfg.task.name == "file" and not cfg.task.path:
         errors.append("task.name=file needs task.path (a JSONL/Parquet file or a saved HF dataset directory)")
+    if cfg.task.name == "reasoning_gym" and not cfg.task.dataset:
+        errors.append("task.name=reasoning_gym needs task.dataset (a reasoning-gym generator, e.g. chain_sum)")
+    if cfg.task.grader == "reasoning_gym" and cfg.task.name != "reasoning_gym":
+        errors.append(f"task.grader=reasoning_gym grades reasoning-gym problems; task.name={cfg.task.name} "
+                      f"needs task.grader=math or exact")
     if cfg.model.max_model_len < cfg.rollout.max_new_tokens + 16:
         errors.append(
             f"model.max_model_len={cfg.model.max_model_len} leaves no room for prompts with "

@@ -16,7 +16,16 @@ import yaml
 from omegaconf import OmegaConf
 
 from mrt_ray import cli
-from mrt_ray.config import CONF_DIR, GROUPS, Config, ConfigError, from_yaml_file, is_global_preset, load_config, to_yaml
+from mrt_ray.config import (
+    CONF_DIR,
+    GROUPS,
+    Config,
+    ConfigError,
+    from_yaml_file,
+    is_global_preset,
+    load_config,
+    to_yaml,
+)
 from mrt_ray.validation import validate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,9 +88,9 @@ def test_preset_loads_and_sets_its_keys(group: str, name: str) -> None:
     def check(want: dict, got: dict, where: str) -> None:
         for k, v in want.items():
             if isinstance(v, dict):
-                check(v, got[k], f"{where}.{k}")
+                check(v, got[k], f"{where}{k}.")
             else:
-                assert got[k] == v, f"{where}.{k}: preset says {v!r}, resolved {got[k]!r}"
+                assert got[k] == v, f"{where}{k}: preset says {v!r}, resolved {got[k]!r}"
 
     check(preset, resolved, "" if is_global_preset(path) else group)
 

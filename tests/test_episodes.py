@@ -114,6 +114,19 @@ def test_marker_rules():
     assert [e.text for e in segment("x\n\nWait y\n\nHmm z", custom)] == ["x\n\nWait y", "\n\nHmm z"]
 
 
+def test_every_paragraph_opens_an_episode():
+    """boundary=paragraph: a model that never writes "Wait" (SmolLM2) gets one episode per paragraph of its whole
+    completion (no thinking tags), still under min_gap, max_steps and group_size."""
+    text = "To add them:\n\n23 + 45 = 68\n\n68 - 12 = 56\n\nThe answer is 56."
+    para = SegmentConfig(boundary="paragraph", min_gap=0, separator="blank_lines")
+    eps = segment(text, para)
+    assert [e.text for e in eps] == ["To add them:", "\n\n23 + 45 = 68", "\n\n68 - 12 = 56", "\n\nThe answer is 56."]
+    assert_tiles(text, eps, 0, len(text))
+    assert len(segment(text, SegmentConfig(min_gap=0, separator="blank_lines"))) == 1  # markers: no "Wait", one
+    assert len(segment(text, SegmentConfig(boundary="paragraph", min_gap=1))) == 2
+    assert len(segment(text, SegmentConfig(boundary="paragraph", min_gap=0, max_steps=2))) == 3
+
+
 def test_no_tags_empty_and_blank():
     text = "A\n\nWait, B"
     assert segment(text, EMBEDDED) == [Episode(0, 1, "A"), Episode(1, 10, "\n\nWait, B")]

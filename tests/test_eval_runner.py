@@ -31,6 +31,10 @@ def test_parse_eval_args_models_labels_and_overrides(tmp_path):
     assert parse_eval_args(["data=embedded"]).overrides == ("task.name=embedded", "task.grader=exact")
     plain = parse_eval_args(["eval.size=3"])  # no model (the embedded base), no data (the task as configured)
     assert (plain.models, plain.data, plain.overrides) == ((), "", ("eval.size=3",))
+    # a model preset: its keys are applied, its base model ("" path: the configured one) is evaluated by that label
+    preset = parse_eval_args(["model=smollm2", "model=lp:runs/lp", "model.dtype=float32"])
+    assert preset.models == (("smollm2", ""), ("lp", "runs/lp"))
+    assert preset.overrides == ("model=smollm2", "model.dtype=float32")
 
 
 @pytest.mark.parametrize("args, match", [

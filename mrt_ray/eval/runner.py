@@ -111,7 +111,8 @@ class EvalRunner:
         self.endpoints: dict[str, OpenAIEngine] = {}  # label -> served model, opened before anything starts
         self.each = _each(1)
         if models:
-            self.models = [(label, path if endpoint_url(path) else resolve_model_path(path, cfg.model))
+            self.models = [(label, path if endpoint_url(path) else resolve_model_path(path, cfg.model) if path
+                            else resolve_model(cfg))
                            for label, path in models]
             for label, path in self.models:  # fail before Ray starts
                 if url := endpoint_url(path):
@@ -127,7 +128,7 @@ class EvalRunner:
         cfg.wandb.name = cfg.wandb.name or self.dir.name
         (self.dir / "eval_config.yaml").write_text(to_yaml(cfg))
         self.cfg = cfg
-        self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout)
+        self.grader = get_grader(cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout, cfg.task.dataset)
         self.stages = [s for s in STAGES if (s != "greedy" or ec.greedy) and (s != "episodes" or ec.episode_curve)
                        and (s != "budget adherence" or ec.targets)]
 

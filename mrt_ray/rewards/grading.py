@@ -34,6 +34,7 @@ _POOL: ProcessPool | None = None
 _POOL_PID = -1
 _LOCK = threading.Lock()
 _STATS = {"calls": 0, "no_answer": 0, "timeouts": 0, "errors": 0, "restarts": 0}
+_SCORERS: set[str] = set()  # reasoning-gym generators whose scorers the pool's workers load at start
 
 
 def _count(key: str, n: int = 1) -> None:
@@ -55,19 +56,19 @@ def _pool() -> ProcessPool:
     with _LOCK:
         if _POOL is None or os.getpid() != _POOL_PID:  # after a fork the parent's pool is not ours
             _POOL = ProcessPool(max_workers=pool_size(), context=multiprocessing.get_context("spawn"),
-                                initializer=grading_worker.init, initargs=(os.getpid(),))
+                                initializer=grading_worker.init, initargs=(os.getpid(), tuple(sorted(_SCORERS))))
             _POOL_PID = os.getpid()
         return _POOL
 
 
-def _schedule(gold: str, pred: str, timeout: float):
+def _schedule(gold: str, pred: str, timeout: float, dataset: str):
     """Schedule one comparison; a pool that broke (e.g. its workers were killed from outside, which pebble reports
     as an error of the whole pool) is replaced once."""
     global _POOL
     for attempt in range(2):
         pool = _pool()
         try:
-            return pool.schedule(grading_worker.equal, args=(gold, pred), timeout=timeout)
+            return pool.schedule(grading_worker.equal, args=(gold, pred, dataset), timeout=timeout)
         except RuntimeError:
             if attempt:
                 raise
@@ -77,6 +78,16 @@ def _schedule(gold: str, pred: str, timeout: float):
             pool.stop()
             _count("restarts")
             log.warning("the grading pool broke; starting a new one")
+
+
+def load_scorer(dataset: str) -> None:
+    """Make the pool's workers load `dataset`'s scorer when they start (importing reasoning-gym takes seconds, more
+    than a comparison's timeout); a pool started without it is replaced."""
+    with _LOCK:
+        new = dataset not in _SCORERS
+        _SCORERS.add(dataset)
+    if new:
+        shutdown_grading_pool()
 
 
 def shutdown_grading_pool() -> None:
@@ -111,26 +122,29 @@ def _check(preds: Sequence[str], golds: Sequence[str], timeout: float, marker: s
 
 
 def math_equal_batch(preds: Sequence[str], golds: Sequence[str], timeout: float = 5.0,
-                     marker: str = "") -> list[bool]:
+                     marker: str = "", dataset: str = "") -> list[bool]:
     """For each pair, whether the final answer of the prediction is mathematically equal to the gold answer.
 
     The answer is extracted from the prediction (`marker`, when given, takes priority); the gold is extracted the
     same way, or used whole when it marks no answer (a bare "1/2"). All comparisons run in parallel on the pool, each
     with `timeout` seconds once started; no answer, a timeout, a grader error or a worker death gives False.
+    `dataset` (a reasoning-gym generator): the generator's own scorer judges instead of math-verify, with the gold
+    used whole.
     """
     _check(preds, golds, timeout, marker)
     _count("calls", len(preds))
     out = [False] * len(preds)
     jobs = []
     for i, (pred, gold) in enumerate(zip(preds, golds)):
-        pa, ga = extract_answer(pred, marker), extract_answer(gold, marker) or gold.strip()
+        pa = extract_answer(pred, marker)
+        ga = gold.strip() if dataset else extract_answer(gold, marker) or gold.strip()
         if pa is None or not ga:
             _count("no_answer")
         else:
             jobs.append((i, ga, pa))
     if not jobs:
         return out
-    futures = [(i, g, p, _schedule(g, p, timeout)) for i, g, p in jobs]
+    futures = [(i, g, p, _schedule(g, p, timeout, dataset)) for i, g, p in jobs]
     for i, g, p, fut in futures:
         try:
             out[i] = bool(fut.result())
@@ -166,15 +180,21 @@ class Grader:
         return self._many(texts, golds) if texts else []
 
 
-def get_grader(name: str, marker: str = "", timeout: float = 5.0) -> Grader:
-    """The grader for config key `task.grader`: "exact" (the embedded task's integer grader) or "math"."""
+def get_grader(name: str, marker: str = "", timeout: float = 5.0, dataset: str = "") -> Grader:
+    """The grader for config key `task.grader`: "exact" (the embedded task's integer grader), "math", or
+    "reasoning_gym" (the scorer of the reasoning-gym generator `dataset`, `task.dataset`)."""
     if name == "exact":
         if marker:
             raise ValueError("an answer marker applies only to task.grader=math; the exact grader reads '#### '")
         from mrt_ray.tasks.embedded import grade
 
         return Grader(grade, lambda texts, golds: [grade(t, g) for t, g in zip(texts, golds)])
-    if name == "math":
-        return Grader(lambda t, g: math_equal(t, g, timeout, marker),
-                      lambda texts, golds: math_equal_batch(texts, golds, timeout, marker))
-    raise ValueError(f"task.grader={name!r} is not a grader; choose one of ['exact', 'math']")
+    if name in ("math", "reasoning_gym"):
+        scorer = dataset if name == "reasoning_gym" else ""
+        if name == "reasoning_gym":
+            if not dataset:
+                raise ValueError("task.grader=reasoning_gym needs task.dataset (the generator whose scorer grades)")
+            load_scorer(dataset)
+        return Grader(lambda t, g: math_equal_batch([t], [g], timeout, marker, scorer)[0],
+                      lambda texts, golds: math_equal_batch(texts, golds, timeout, marker, scorer))
+    raise ValueError(f"task.grader={name!r} is not a grader; choose one of ['exact', 'math', 'reasoning_gym']")

@@ -186,7 +186,8 @@ def normalize_answer(value: Any) -> str:
 
 
 def render_prompt(cfg: TaskConfig, question: str, tokenizer: Any) -> str:
-    """The text the policy continues: `question` in `task.template`, or in the tokenizer's chat template."""
+    """The text the policy continues: `task.template` with the question, or the tokenizer's chat template with
+    `task.system_prompt` and the question as the user message (`task.chat_template=true`)."""
     if not cfg.chat_template:
         return cfg.template.replace("{question}", question)
     messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
@@ -194,7 +195,8 @@ def render_prompt(cfg: TaskConfig, question: str, tokenizer: Any) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def _check_settings(cfg: TaskConfig, tokenizer: Any) -> None:
+def check_prompt_settings(cfg: TaskConfig, tokenizer: Any) -> None:
+    """The prompt keys (`render_prompt`) agree with each other and with the tokenizer; DataError otherwise."""
     if cfg.on_bad_row not in ("error", "skip"):
         raise DataError(f"task.on_bad_row={cfg.on_bad_row!r} is not one of ['error', 'skip']")
     if cfg.chat_template:
@@ -245,7 +247,7 @@ def load_problems(cfg: TaskConfig, path: str | None = None, tokenizer: Any = Non
     path_str = path if path is not None else cfg.path
     if not path_str:
         raise DataError("no data path: set task.path (a JSONL/JSON/Parquet file or a saved HF dataset directory)")
-    _check_settings(cfg, tokenizer)
+    check_prompt_settings(cfg, tokenizer)
     p = Path(path_str)
     rows, source, unit = _open(p, cfg.split)
     problems: list[Problem] = []

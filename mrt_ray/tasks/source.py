@@ -1,6 +1,7 @@
 """Step 1 of the data path: prompts. A `PromptSource` gives the prompts of training step k as a pure function of
 (seed, k), so a resumed run sees exactly the prompts an uninterrupted run would (the data position is the step).
-With `algo.budget` on, every prompt also carries a token budget drawn for (seed, stream, index) (L1/LCPO)."""
+With `algo.budget` on, every prompt also carries a token budget drawn for (seed, stream, index) (L1/LCPO).
+Tasks: the embedded chain arithmetic, reasoning-gym generators (`tasks.gym`) and real data files (`tasks.data`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -35,14 +36,22 @@ class PromptSource:
         self.tok = tokenizer
         tc = cfg.task
         self.skipped: dict[str, int] = {}
+        self.gym = None
+        limit = (cfg.model.max_model_len - cfg.rollout.max_new_tokens - self._cue_tokens()
+                 if tokenizer is not None else None)
         if tc.name == "embedded":
             self.train: list[Problem] | None = None
             eval_set = [task_problem(tc, cfg.seed, "eval", i) for i in range(cfg.eval.size)]
+        elif tc.name == "reasoning_gym":
+            from mrt_ray.tasks.gym import GymTask
+
+            self.gym = GymTask(tc, cfg.seed, tokenizer, limit)
+            self.train = None
+            eval_set = [self.gym.problem("eval", i) for i in range(cfg.eval.size)]
         else:
             from mrt_ray.tasks.data import DataError, load_problems
 
-            limit = cfg.model.max_model_len - cfg.rollout.max_new_tokens - self._cue_tokens()
-            res = load_problems(tc, tc.path, tokenizer, limit if tokenizer is not None else None)
+            res = load_problems(tc, tc.path, tokenizer, limit)
             self.skipped = dict(res.skipped)
             problems = res.problems
             if tc.eval_path:
@@ -64,7 +73,9 @@ class PromptSource:
     def batch(self, step: int) -> list[Problem]:
         k = self.cfg.train.prompts_per_step
         tc = self.cfg.task
-        if self.train is None:
+        if self.gym is not None:
+            out = [self.gym.problem("train", step * k + i) for i in range(k)]
+        elif self.train is None:
             out = [task_problem(tc, self.cfg.seed, "train", step * k + i) for i in range(k)]
         else:
             out = []
