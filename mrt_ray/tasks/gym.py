@@ -100,7 +100,7 @@ class GymTask:
         item = self.generators[split][index]
         pid = f"{self.tc.dataset}-{split}-{index}"
         prompt = render_prompt(self.tc, item["question"], self.tok)
-        meta: dict[str, Any] = {"index": index}
+        meta: dict[str, Any] = {"index": index, "question": item["question"]}  # the question: budget cues re-render
         if self.tc.difficulty_key:
             meta["difficulty"] = _difficulty(self.tc, item)
         if self.tok is not None and self.max_prompt_tokens is not None:
