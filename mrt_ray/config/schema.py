@@ -60,7 +60,7 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = choice("embedded", "embedded", "file", "reasoning_gym")  # embedded | file | reasoning_gym
-    grader: str = choice("exact", "exact", "math", "reasoning_gym")  # exact (embedded) | math (math-verify) | reasoning_gym
+    grader: str = choice("exact", "exact", "math", "reasoning_gym")  # exact (embedded) | math | reasoning_gym scorer
     answer_marker: str = ""  # math grader: the answer follows the last occurrence of this text; empty: \boxed/####
     grader_timeout: float = pos(5.0)  # seconds per math-verify grading; a timeout scores 0
     # embedded chain-arithmetic task
