@@ -142,7 +142,7 @@ class LearnerConfig:
     num_gpus: float = nonneg(0.0)
     threads: int = pos(1)
     zero_stage: int = choice(2, 0, 1, 2, 3)
-    lr: float = pos(2e-4)
+    lr: float = pos(1e-4)
     betas: list[float] = frac([0.9, 0.95], hi_open=True)
     weight_decay: float = nonneg(0.0)
     grad_clip: float = nonneg(1.0)  # global gradient-norm clip; 0: off
@@ -254,7 +254,7 @@ class ProgressConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = pos(120)
+    steps: int = pos(50)
     prompts_per_step: int = pos(16)
     save_every: int = nonneg(20)
     eval_every: int = nonneg(0)  # 0: evaluate at the start and the end only
