@@ -55,13 +55,12 @@ def init_ray(cfg: Config) -> None:
 
 
 def private_auth_token() -> None:
-    """Token authentication for a local cluster, explicitly. Ray 2.60 turns it on by default for a new local
-    `ray.init()` (every gRPC and dashboard request must carry the token) and logs a warning saying so at every start;
-    RAY_AUTH_MODE=token keeps it on and the console quiet (a user's RAY_AUTH_MODE is kept). The token is the file
-    ~/.ray/auth_token unless RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH name another; Ray writes that file readable by every
-    local user (mode 0644), which would let any of them drive the cluster, so it is created, or narrowed, to 0600."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if os.environ["RAY_AUTH_MODE"] != "token" or os.environ.get("RAY_AUTH_TOKEN") or \
+    """The token of a local cluster with token authentication (RAY_AUTH_MODE=token, which `mrt-ray` sets for a local
+    run before Ray is imported: Ray reads it once, at import, so it cannot be switched on here). The token is the
+    file ~/.ray/auth_token unless RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH name another; Ray writes that file readable by
+    every local user (mode 0644), which would let any of them drive the cluster, so it is created, or narrowed, to
+    0600."""
+    if os.environ.get("RAY_AUTH_MODE") != "token" or os.environ.get("RAY_AUTH_TOKEN") or \
             os.environ.get("RAY_AUTH_TOKEN_PATH"):
         return
     path = Path.home() / ".ray" / "auth_token"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -87,6 +88,9 @@ def run(argv: list[str]) -> int:
         overrides = ["algo=length_penalty" if args.command == "sweep" else "algo=star", *overrides]
     cfg = load_config(args.config, overrides)
     validate(cfg)
+    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        # a local cluster with token authentication; Ray reads this once, when it is imported (after this line)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     if args.dry_run:
         print(to_yaml(cfg), end="", file=console.out())
         return 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # as `mrt-ray` does for a local cluster, before Ray is imported
+
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")

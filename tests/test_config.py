@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import subprocess
 import sys
 import types
@@ -349,3 +350,15 @@ def test_help_prints_for_every_command(argv: list[str], capsys: pytest.CaptureFi
         cli.run(argv)
     assert exc.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_a_local_run_turns_on_ray_token_auth_before_ray_is_imported(monkeypatch) -> None:
+    """Ray reads RAY_AUTH_MODE once, at import: the CLI sets it for a local cluster before any command imports Ray,
+    and leaves it alone when the run joins a cluster (RAY_ADDRESS / ray.address) or the user chose a mode."""
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cli.run(["train", "--dry-run"]) == 0 and os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    assert cli.run(["train", "--dry-run", "ray.address=auto"]) == 0 and "RAY_AUTH_MODE" not in os.environ
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert cli.run(["train", "--dry-run"]) == 0 and os.environ["RAY_AUTH_MODE"] == "disabled"
