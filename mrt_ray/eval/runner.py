@@ -375,13 +375,12 @@ class EvalRunner:
                     for t in ec.targets for p in source.eval_plain]
         spec = SamplingSpec(n=ec.n_samples, temperature=ec.temperature, top_p=cfg.rollout.top_p,
                             max_tokens=cfg.rollout.max_new_tokens)
-        groups, _ = pool.rollout(problems, source.encode, spec, (cfg.seed, "eval", "adherence"))
+        groups, _ = sample_groups(pool, problems, source.encode, spec, (cfg.seed, "eval", "adherence"))
+        correct = grade_groups(groups, self.grader)
         size, rows = len(source.eval_plain), []
         for k, target in enumerate(ec.targets):
-            part = groups[k * size:(k + 1) * size]
-            correct = [[t.completion.finished and self.grader(t.completion.text, t.problem.answer) for t in g]
-                       for g in part]
-            rows.append(adherence_row(target, correct, [[t.length for t in g] for g in part]))
+            part = slice(k * size, (k + 1) * size)
+            rows.append(adherence_row(target, correct[part], [[t.length for t in g] for g in groups[part]]))
         return rows
 
     # ------------------------------------------------------------------ outputs

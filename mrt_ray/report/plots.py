@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 
 import numpy as np
 from matplotlib import colormaps
@@ -139,14 +140,21 @@ def push_checks(groups: list[Group]) -> str | None:
     return png(fig)
 
 
+def _nanmean(values) -> float:
+    """The mean of the finite entries; NaN (without numpy's empty-slice warning) when there are none."""
+    finite = [x for x in values if not math.isnan(x)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 def _by_episode(g: Group, prefix: str, first: int, part: slice) -> list[float]:
     """Mean of <prefix><i> for i = first, first+1, ... over the steps in `part` of each run, then over runs."""
     out = []
     for i in range(first, first + 12):
-        vals = [np.nanmean(v[part]) for r in g.runs if len(v := r.series(f"{prefix}{i}")[1])]
+        vals = [m for r in g.runs if len(v := r.series(f"{prefix}{i}")[1])
+                for m in [_nanmean(v[part])] if not math.isnan(m)]
         if not vals:
             break
-        out.append(float(np.nanmean(vals)))
+        out.append(float(np.mean(vals)))
     return out
 
 
