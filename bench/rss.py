@@ -31,7 +31,7 @@ class RSSTrainer(Trainer):
 
     def _pids(self) -> dict[str, int]:
         pids = {f"learner {r}": pid for r, pid in enumerate(self.learners.call("pid"))}
-        workers = [("rollout", self.workers)] + ([("estimator", self.estimator.workers)] if self.estimator else [])
+        workers = [("rollout", self.workers), ("estimator", self.estimator_workers)]
         for role, actors in workers:
             for i, info in enumerate(ray.get([w.ready.remote() for w in actors])):
                 pids[f"{role} {i}"] = info["pid"]

@@ -56,7 +56,7 @@ class Watchdog(threading.Thread):
         t0 = time.monotonic()
         while not self.done.wait(self.rng.uniform(0.5, 1.5) * self.interval_s):
             victims = [("rollout", i, w) for i, w in enumerate(self.trainer.workers)]
-            victims += [("estimator", i, w) for i, w in enumerate(self.trainer.estimator.workers)]
+            victims += [("estimator", i, w) for i, w in enumerate(self.trainer.estimator_workers)]
             role, i, actor = self.rng.choice(victims)
             try:
                 ray.kill(actor, no_restart=False)
