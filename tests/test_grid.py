@@ -99,3 +99,29 @@ def test_rerun_reuses_members_and_evals(tmp_path, fakes):
 def test_bad_grids_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         check_grid(load_config(None, overrides))
+
+
+def test_grid_summaries_from_training_runs_alone(tmp_path, capsys, monkeypatch) -> None:
+    """scripts/grid_summaries.py: seed statistics from the members' summary.json and first metrics row (the base)."""
+    import importlib.util
+    import sys
+
+    for method, accs in (("grpo", (0.40, 0.30, 0.50)), ("mrt", (0.44, 0.31, 0.53))):
+        for seed, acc in enumerate(accs):
+            d = tmp_path / method / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "summary.json").write_text(json.dumps({"eval/sampled_accuracy": acc, "eval/greedy_accuracy": acc,
+                                                        "eval/sampled_tokens_mean": 50.0 + seed}))
+            (d / "metrics.jsonl").write_text(json.dumps({"step": -1, "eval/sampled_accuracy": 0.35,
+                                                         "eval/greedy_accuracy": 0.5,
+                                                         "eval/sampled_tokens_mean": 70.0}) + "\n")
+    spec = importlib.util.spec_from_file_location("grid_summaries",
+                                                  Path(__file__).parents[1] / "scripts" / "grid_summaries.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(sys, "argv", ["grid_summaries.py", str(tmp_path)])
+    mod.main()
+    out = capsys.readouterr().out
+    assert "| base | 0,1,2 | 35.0 ± 0.0 (n=3) |" in out
+    # mrt - grpo per seed: 4, 1, 3 points -> mean 2.67, sd 1.53, t(2) 4.303 -> half-width 3.79
+    assert "| mrt | 0,1,2 | 2.7 ± 3.8 (n=3) |" in out
