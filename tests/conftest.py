@@ -1,8 +1,8 @@
 """Shared fixtures: a tiny random Qwen2 model with the character tokenizer (no training), a small config builder,
 and one local Ray session for the tests that run the real stack (Ray + vLLM + DeepSpeed).
 
-Tests run by speed: unmarked (fast unit tests) first, then `stack` (real stack), then `slow`, so one command runs
-everything and a broken unit fails within seconds. A test that uses the Ray session is `stack` automatically."""
+Tests run by speed: unmarked (fast unit tests) first, then `stack` (real stack), then `slow`, so a broken unit fails
+within seconds. CI (the README's test command) runs `-m "not slow"`; `pytest tests` runs everything. A test that uses the Ray session is `stack` automatically."""
 from __future__ import annotations
 
 import os

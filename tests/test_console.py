@@ -26,6 +26,11 @@ def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     the bar's carriage returns into newlines)."""
     env = {**{k: v for k, v in os.environ.items() if k not in ("WANDB_SERVICE", console.VERBOSE_ENV)},
            "PYTHONPATH": str(REPO)}
+    if args[0] in ("train", "eval") and not any(a.startswith("ray.dashboard_port=") for a in args):
+        # a free dashboard port: another local Ray (the test session's) holding 8265 adds a console line of its own
+        from mrt_ray.utils import free_port
+
+        args = (*args, f"ray.dashboard_port={free_port()}")
     proc = subprocess.run([sys.executable, "-m", "mrt_ray", *args], capture_output=True, cwd=REPO, env=env,
                           timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(errors="replace"),

@@ -5,6 +5,8 @@ bf16 (where DeepSpeed keeps separate fp32 master partitions) both. ZeRO-2 in fp3
 resume tests of tests/test_reliability.py and tests/test_spine.py."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -75,6 +77,9 @@ def test_learner_state_restores_exactly(small_cfg, tiny_model, tmp_path, stage, 
     finally:
         _close(placement, group)
     timing = ("learn_seconds",)
-    assert {k: v for k, v in got.items() if k not in timing} == {k: v for k, v in want.items() if k not in timing}
+    def same(d: dict) -> dict:  # NaN (e.g. ZeRO-0's grad_norm) compares equal to NaN here
+        return {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items() if k not in timing}
+
+    assert same(got) == same(want)
     a, b = _weights(tmp_path / "want"), _weights(tmp_path / "got")
     assert sorted(a) == sorted(b) and all(a[n].equal(b[n]) for n in a), [n for n in a if not a[n].equal(b[n])]
