@@ -2,7 +2,8 @@
 and one local Ray session for the tests that run the real stack (Ray + vLLM + DeepSpeed).
 
 Tests run by speed: unmarked (fast unit tests) first, then `stack` (real stack), then `slow`, so a broken unit fails
-within seconds. CI (the README's test command) runs `-m "not slow"`; `pytest tests` runs everything. A test that uses the Ray session is `stack` automatically."""
+within seconds. CI (the README's test command) runs `-m "not slow"`; `pytest tests` runs everything. A test that
+uses the Ray session is `stack` automatically."""
 from __future__ import annotations
 
 import os
