@@ -98,7 +98,7 @@ def test_train_console_is_quiet_and_the_logs_hold_the_rest(tiny_model, tmp_path)
     assert proc.stdout == "" and len(lines) == 4, proc.stderr
     assert lines[0].startswith(f"mrt-ray: writing {run_dir}; the output of vLLM") and "logs/" in lines[0]
     assert lines[1] == "mrt-ray: starting 2 learner ranks, 1 rollout worker on Ray"
-    assert lines[2].startswith("train:") and "reward=" in lines[2]  # the bar, redrawn in place
+    assert lines[2].lstrip("\r").startswith("train:") and "reward=" in lines[2]  # the bar, redrawn in place
     assert lines[3].startswith("mrt-ray: trained 2 steps") and f"mrt-ray report {run_dir}" in lines[3]
     logs = run_dir / "logs"
     assert sorted(p.name for p in logs.iterdir()) == ["driver.log", "learner-0.log", "learner-1.log", "rollout-0.log"]
