@@ -261,7 +261,6 @@ def test_prompt_longer_than_max_prompt_tokens(tmp_path):
 
 
 def test_champ_dataset_as_real_data(tmp_path):
-    pytest.importorskip("champ_dataset")
     out = tmp_path / "champ.jsonl"
     assert champ_to_jsonl(out) == 270
     res = load_problems(cfg(path=str(out), template="Problem: {question}\nAnswer:"))

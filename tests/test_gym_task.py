@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("reasoning_gym")
-
-from mrt_ray.config import ConfigError, TaskConfig, load_config  # noqa: E402
-from mrt_ray.rewards import get_grader  # noqa: E402
-from mrt_ray.tasks.data import DataError  # noqa: E402
-from mrt_ray.tasks.gym import EVAL_OFFSET, GymTask, check_scorer, split_seed  # noqa: E402
-from mrt_ray.tasks.source import PromptSource  # noqa: E402
-from mrt_ray.validation import validate  # noqa: E402
+from mrt_ray.config import ConfigError, TaskConfig, load_config
+from mrt_ray.rewards import get_grader
+from mrt_ray.tasks.data import DataError
+from mrt_ray.tasks.gym import EVAL_OFFSET, GymTask, check_scorer, split_seed
+from mrt_ray.tasks.source import PromptSource
+from mrt_ray.validation import validate
 
 CHAIN = {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2}
 

