@@ -1,7 +1,8 @@
 """The seed statistics of `mrt-ray grid`: per method, the mean over seeds with a 95% t interval, and paired
 differences against the baseline (and against each seed's base policy) on the same seeds and eval problems.
 
-Inputs: one eval.json per seed (`mrt_ray.eval.runner`), holding "base" and every method. Outputs in the grid dir:
+Inputs: per seed, the eval results of "base" and of each method evaluated so far (`mrt_ray.grid`); a seed counts once
+its base and baseline are evaluated, and each method is summarised over the seeds it has. Outputs in the grid dir:
 grid.json (every per-seed value and every estimate), grid.md (the tables) and three plots: pareto_ci.png (held-out
 accuracy against mean completion tokens, CI bars on both axes), tokens_by_difficulty.png and regret_vs_budget.png.
 """
@@ -22,6 +23,8 @@ def per_seed(evals: dict[int, dict], label: str, baseline: str) -> dict[int, dic
     reach the baseline's final forced accuracy, and the per-difficulty rows."""
     out = {}
     for seed, ev in evals.items():
+        if label not in ev["models"]:
+            continue
         r, b = ev["models"][label], ev["models"][baseline]
         budgets = [row["budget"] for row in r["budget_forcing"]]
         forced = [row["accuracy"] for row in r["budget_forcing"]]
@@ -64,7 +67,7 @@ def aggregate(evals: dict[int, dict], labels: list[str], baseline: str) -> dict:
                "regret": {b: _est([v["regret"][b] for v in seeds.values()]) for b in budgets},
                "gain_over_base": paired_difference(acc, {s: v["accuracy"] for s, v in data["base"].items()}),
                "tokens_to_baseline_final": _est(list(pick("tokens_to_baseline_final").values())),
-               "reached": sum(v is not None for v in pick("tokens_to_baseline_final").values())}
+               "reached": sum(v is not None for v in pick("tokens_to_baseline_final").values()), "seeds": sorted(seeds)}
         if m != baseline:
             bl = data[baseline]
             row["vs_baseline"] = {
@@ -92,12 +95,13 @@ def markdown(agg: dict, labels: list[str], baseline: str, seeds: list[int]) -> s
     top = budgets[-1]
     lines = [f"# Method x seed grid ({len(seeds)} seeds: {seeds})", "",
              "Mean ± 95% CI over seeds (Student's t); differences are paired on the same seeds and eval problems.", "",
-             f"| model | pass@1 % | gain over base (pts) | greedy % | mean tokens | tokens vs {baseline} | "
-             f"regret@{top} |", "|---|---|---|---|---|---|---|"]
+             f"| model | seeds | pass@1 % | gain over base (pts) | greedy % | mean tokens | tokens vs {baseline} | "
+             f"regret@{top} |", "|---|---|---|---|---|---|---|---|"]
     for m in ["base", *labels]:
         r = s[m]
         vs = r.get("vs_baseline", {}).get("tokens_rel")
-        lines.append(f"| {m} | {_pct(r['accuracy'])} | {_pct(r['gain_over_base']) if m != 'base' else '-'} | "
+        lines.append(f"| {m} | {','.join(map(str, r['seeds']))} | {_pct(r['accuracy'])} | "
+                     f"{_pct(r['gain_over_base']) if m != 'base' else '-'} | "
                      f"{_pct(r['greedy'])} | {_num(r['tokens'])} | {_pct(vs) + ' %' if vs else '-'} | "
                      f"{_num(r['regret'][top], '.3f')} |")
     lines += ["", f"Paired differences against {baseline} (method − {baseline}): pass@1 in points, regret at each "
@@ -115,7 +119,7 @@ def markdown(agg: dict, labels: list[str], baseline: str, seeds: list[int]) -> s
               "| model | tokens to reach | seeds reaching | efficiency vs " + baseline + " |", "|---|---|---|---|"]
     for m in ["base", *labels]:
         eff = s[m].get("vs_baseline", {}).get("efficiency")
-        lines.append(f"| {m} | {_num(s[m]['tokens_to_baseline_final'])} | {s[m]['reached']}/{len(seeds)} | "
+        lines.append(f"| {m} | {_num(s[m]['tokens_to_baseline_final'])} | {s[m]['reached']}/{len(s[m]['seeds'])} | "
                      f"{_num(eff, '.2f') if eff else '-'} |")
     diffs = list(s["base"]["by_difficulty"])
     if diffs:
@@ -151,7 +155,13 @@ def _ci(e: Estimate | None) -> float:
 
 
 def write_report(cfg: Config, root: Path, labels: list[str], evals: dict[int, dict]) -> dict:
+    """grid.md, grid.json and the plots over the seeds whose base and baseline are evaluated, for the methods that
+    have at least one of them; nothing (an empty dict) before the first such seed."""
     baseline = cfg.grid.baseline
+    evals = {s: ev for s, ev in evals.items() if {"base", baseline} <= set(ev["models"])}
+    labels = [m for m in labels if any(m in ev["models"] for ev in evals.values())]
+    if not evals:
+        return {}
     agg = aggregate(evals, labels, baseline)
     s = agg["summary"]
     models = ["base", *labels]

@@ -1,5 +1,5 @@
 """`mrt-ray grid` with fake training and evaluation: members configured and placed per (method, seed), finished
-members reused, one eval per seed, and the seed statistics against hand-computed values."""
+members reused, one eval per model and seed, and the seed statistics against hand-computed values."""
 from __future__ import annotations
 
 import json
@@ -61,12 +61,14 @@ def test_grid_trains_every_member_evaluates_per_seed_and_reports(tmp_path, fakes
     ov = grid_overrides(tmp_path)
     out = run_grid(load_config(None, ov), None, ov, train, evaluate)
     assert calls["train"] == [(m, s, 7) for s in (0, 1, 2) for m in ("grpo", "mrt")]  # seeds outer, overrides kept
-    assert calls["eval"] == [(s, ["base", "grpo", "mrt"]) for s in (0, 1, 2)]
+    assert calls["eval"] == [(s, [m]) for s in (0, 1, 2) for m in ("base", "grpo", "mrt")]  # each after its training
+    assert sorted(json.loads((tmp_path / "g" / "eval" / "seed1" / "eval.json").read_text())["models"]) == [
+        "base", "grpo", "mrt"]
     assert (tmp_path / "g" / "mrt" / "seed2" / "summary.json").is_file()
     md = (tmp_path / "g" / "grid.md").read_text()
     # mrt pass@1 over seeds: 70, 71, 72 -> 71.0 +- t(2) * 1 / sqrt(3) = 2.5; paired vs grpo: +10 exactly (CI 0)
-    assert "| mrt | 71.0 ± 2.5 | 20.0 ± 0.0 |" in md
-    assert "| base | 51.0 ± 2.5 | - |" in md
+    assert "| mrt | 0,1,2 | 71.0 ± 2.5 | 20.0 ± 0.0 |" in md
+    assert "| base | 0,1,2 | 51.0 ± 2.5 | - |" in md
     grid = json.loads((tmp_path / "g" / "grid.json").read_text())
     mrt = grid["summary"]["mrt"]
     assert mrt["vs_baseline"]["accuracy"]["mean"] == pytest.approx(0.10)
@@ -90,11 +92,37 @@ def test_rerun_reuses_members_and_evals(tmp_path, fakes):
     assert set(out["members"].values()) == {"reused"}
 
 
+def test_a_grid_extended_by_a_method_trains_and_evaluates_only_the_new_one(tmp_path, fakes, monkeypatch):
+    """The report is rewritten after every member; a method added later (or a seed still missing) is summarised over
+    the seeds it has, and a rerun with one more method trains and evaluates that method alone."""
+    calls, train, evaluate = fakes
+    monkeypatch.setitem(ACC, "lp", 0.58)
+    monkeypatch.setitem(TOKENS, "lp", 40.0)
+    ov = grid_overrides(tmp_path)
+    run_grid(load_config(None, ov), None, ov, train, evaluate)
+    n_train, n_eval = len(calls["train"]), len(calls["eval"])
+
+    def fail_at_seed1(cfg):
+        if cfg.seed == 1:
+            raise RuntimeError("killed")
+        return train(cfg)
+
+    more = [*ov[:2], "grid.select=[grpo,mrt,lp]", "grid.seeds=[0,1,2]",
+            "grid.methods.lp=[algo=length_penalty,algo.alpha=0.3]"]
+    with pytest.raises(RuntimeError, match="killed"):
+        run_grid(load_config(None, more), None, more, fail_at_seed1, evaluate)
+    assert calls["train"][n_train:] == [("length_penalty", 0, 7)]
+    assert calls["eval"][n_eval:] == [(0, ["lp"])]
+    md = (tmp_path / "g" / "grid.md").read_text()
+    assert "| lp | 0 | 58.0 |" in md and "| mrt | 0,1,2 | 71.0 ± 2.5 |" in md  # lp: one seed so far, no CI
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["grid.select=[nope]"], "grid.select names ['nope']"),
     (["grid.select=[mrt]"], "grid.baseline='grpo' is not among the methods trained"),
     (["grid.seeds=[1,1]"], "without duplicates"),
     (["resume=x"], "not a grid option"),
+    (["grid.methods.base=[algo=grpo]", "grid.select=[grpo,base]"], "not 'base'"),
 ])
 def test_bad_grids_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

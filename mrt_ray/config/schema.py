@@ -327,20 +327,27 @@ def _grid_methods() -> dict[str, list[str]]:
         "mrt": ["algo=mrt"],
         "mrt_tb": ["algo=mrt", "algo.mrt.variant=termination_baseline"],
         "star": ["algo=star"],
+        "l1_exact": ["algo=l1_exact"],
+        "l1_max": ["algo=l1_max"],
+        "kimi": ["algo=kimi_length"],
+        "sb": ["algo=shorter_better"],
+        # ThinkPrune's three limits within a 50-step grid run (the preset tightens at steps 40 and 80)
+        "thinkprune": ["algo=thinkprune", "algo.schedule.token_limit=[[0,128],[17,96],[34,64]]"],
     }
 
 
 @dataclass
 class GridConfig:
     """`mrt-ray grid`: every method x every seed is one training run (the command's own overrides, then the method's,
-    then seed=<s>); then per seed one evaluation of the base policy and every method's final checkpoint; then the
-    seed statistics (mean +- 95% CI, paired differences against the baseline on the same seeds)."""
+    then seed=<s>), evaluated as soon as it is trained beside its seed's base policy (same eval problems and sampling
+    seeds); the seed statistics (mean +- 95% CI, paired differences against the baseline on the same seeds) are
+    rewritten after every member."""
 
     seeds: list[int] = nonneg([0, 1, 2])  # run seeds (each also bootstraps its own embedded base policy)
     methods: dict[str, list[str]] = field(default_factory=_grid_methods)  # label -> that method's config overrides
     select: list[str] = field(default_factory=list)  # train only these method labels (empty: all)
     baseline: str = "grpo"  # the method every other one is compared with, seed by seed
-    evaluate: bool = True  # evaluate and aggregate after training (false: train only)
+    evaluate: bool = True  # evaluate each member and aggregate (false: train only)
 
 
 @dataclass
