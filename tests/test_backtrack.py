@@ -248,6 +248,7 @@ def test_search_stats_hand_computed() -> None:
 
 
 @pytest.mark.stack
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_mrt_two_steps_on_the_backtrack_preset(small_cfg) -> None:
     """`task=embedded_backtrack algo=mrt` through the real stack (a tiny random policy: it writes no backtrack

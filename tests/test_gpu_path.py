@@ -105,6 +105,7 @@ def _wait_pids(pids, timeout=60.0):
 
 
 @pytest.mark.stack
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_dead_engine_core_restarts_the_worker(small_cfg, tiny_model):
     """vLLM with its engine core in a child process (as on GPU): SIGKILL of that child makes the next call raise
@@ -142,6 +143,7 @@ def test_dead_engine_core_restarts_the_worker(small_cfg, tiny_model):
 
 
 @pytest.mark.stack
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_tensor_parallel_engine_inside_a_placement_group_bundle(small_cfg, tiny_model):
     """A TP=2 vLLM engine in one actor whose bundle holds its resources: it starts (vLLM's multiprocessing

@@ -332,6 +332,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(small_cfg):
     assert "push_seconds" not in rows[0]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_skipped_step_count_survives_resume(small_cfg, tmp_path):
     """The non-finite step counter is checkpointed: resumed from the step-0 checkpoint, step 1 counts 2, not 1."""
