@@ -87,10 +87,11 @@ def run(argv: list[str]) -> int:
     if args.command in ("sweep", "star"):  # the preset comes first, so the user's algo.* overrides still apply
         overrides = ["algo=length_penalty" if args.command == "sweep" else "algo=star", *overrides]
     cfg = load_config(args.config, overrides)
-    validate(cfg)
     if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
-        # a local cluster with token authentication; Ray reads this once, when it is imported (after this line)
+        # a local cluster with token authentication; Ray reads this once, when it is imported: validation is the
+        # first to import it (through the method registry), so this comes before it
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+    validate(cfg)
     if args.dry_run:
         print(to_yaml(cfg), end="", file=console.out())
         return 0

@@ -362,3 +362,24 @@ def test_a_local_run_turns_on_ray_token_auth_before_ray_is_imported(monkeypatch)
     assert cli.run(["train", "--dry-run", "ray.address=auto"]) == 0 and "RAY_AUTH_MODE" not in os.environ
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     assert cli.run(["train", "--dry-run"]) == 0 and os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
+@pytest.mark.parametrize("command", ["train", "grid", "sweep", "eval"])
+def test_ray_is_first_imported_with_token_auth_on(command) -> None:
+    """A fresh `mrt-ray COMMAND` process: the moment anything first imports Ray, RAY_AUTH_MODE is already "token"
+    (Ray reads it then; a driver that read "disabled" cannot join the local cluster it starts, whose processes
+    inherit "token": every local run failed with InvalidAuthToken)."""
+    probe = ("import os, sys\n"
+             "seen = []\n"
+             "class Hook:\n"
+             "    def find_spec(self, name, path, target=None):\n"
+             "        if name == 'ray' and not seen:\n"
+             "            seen.append(os.environ.get('RAY_AUTH_MODE'))\n"
+             "sys.meta_path.insert(0, Hook())\n"
+             "from mrt_ray import cli\n"
+             f"assert cli.run([{command!r}, '--dry-run']) == 0\n"
+             "print('RAY_AUTH_MODE at import:', seen, file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "RAY_AUTH_MODE at import: ['token']" in out.stderr, out.stderr[-2000:]
