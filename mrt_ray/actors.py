@@ -205,8 +205,9 @@ def logged(cls: type) -> type:
 
 def wait_ready(actor, name: str, timeout_s: float, key: str) -> dict:
     """`actor.ready()`, waiting while the actor starts or Ray restarts it (calls to a restarting actor fail at once
-    with ActorUnavailableError, since max_task_retries=0). An actor out of restarts, or not up within `timeout_s`
-    (the config key `key`), is an error naming it."""
+    with ActorUnavailableError, since max_task_retries=0; a call the actor was killed in the middle of fails with
+    RayActorError although Ray restarts it, so that one counts only when the GCS says the actor is DEAD). An actor out
+    of restarts, or not up within `timeout_s` (the config key `key`), is an error naming it."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -216,9 +217,24 @@ def wait_ready(actor, name: str, timeout_s: float, key: str) -> dict:
                 raise RuntimeError(f"{name} did not come back from a restart within {key}={timeout_s:g}s") from None
             time.sleep(0.5)
         except ray.exceptions.RayActorError as e:
-            raise RuntimeError(f"{name} died and Ray did not restart it (its max_restarts are used up): {e}") from e
+            if actor_state(actor) in ("DEAD", None) or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} died and Ray did not restart it (its max_restarts are used up): {e}") \
+                    from e
+            time.sleep(0.5)  # killed during this call, and Ray is restarting it
         except ray.exceptions.GetTimeoutError:
             raise RuntimeError(f"{name} did not start within {key}={timeout_s:g}s") from None
+
+
+def actor_state(actor) -> str | None:
+    """The GCS's state of `actor` ("ALIVE", "RESTARTING", "DEAD", ...), None when Ray cannot say. Read straight from
+    the GCS (Ray's own state table; the public `ray.util.state` needs the dashboard, which a cluster may not run)."""
+    try:
+        from ray._private.state import state
+
+        info = state.actor_table(actor._actor_id.hex())
+    except Exception:  # noqa: BLE001 - an unknown state counts as dead (the caller's error then names the actor)
+        return None
+    return info.get("State") if info else None
 
 
 def stop(actors: list) -> None:

@@ -235,3 +235,38 @@ def test_online_variant_normalises_continuing_and_terminating_rollouts_together(
     # rewards (1, 0 | 0, 0): GRPO over the four: mean 0.25, sample std 0.5 -> (1.5, -0.5, -0.5, -0.5), x 0.5
     assert [t.advantages[0] for t in extra] == pytest.approx([0.75, -0.25, -0.25, -0.25], abs=1e-5)
     assert ctx.metrics["mrt_continuation_reward"] == 0.5 and ctx.metrics["mrt_termination_reward"] == 0.0
+
+
+class _Handle:
+    class ready:  # noqa: N801 - stands for an actor method handle (`actor.ready.remote()`)
+        @staticmethod
+        def remote():
+            return "ref"
+
+
+@pytest.mark.parametrize(("state", "waits"), [("RESTARTING", True), ("ALIVE", True), ("DEAD", False), (None, False)])
+def test_wait_ready_waits_out_a_call_lost_to_a_restart(monkeypatch, state, waits):
+    """A `ready` call in flight when its actor is killed fails with RayActorError ("The actor died unexpectedly before
+    finishing this task") although Ray restarts the actor; test_chaos's watchdog hit it and the run ended with "max
+    restarts are used up" at max_restarts=30. wait_ready now asks the GCS: restarting or alive -> call again; dead or
+    unknown -> the error naming the actor."""
+    import ray
+
+    from mrt_ray import actors
+
+    answers = [ray.exceptions.ActorDiedError(), {"pid": 2}]
+
+    def get(ref, timeout):
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    monkeypatch.setattr(actors.ray, "get", get)
+    monkeypatch.setattr(actors, "actor_state", lambda actor: state)
+    monkeypatch.setattr(actors.time, "sleep", lambda s: None)
+    if waits:
+        assert actors.wait_ready(_Handle(), "worker 0", 60, "k") == {"pid": 2}
+    else:
+        with pytest.raises(RuntimeError, match="worker 0 died and Ray did not restart it"):
+            actors.wait_ready(_Handle(), "worker 0", 60, "k")
