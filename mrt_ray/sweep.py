@@ -121,8 +121,7 @@ def log_wandb(cfg: Config, root: Path, rows: Sequence[dict], plot: Path) -> None
     wcfg = copy.deepcopy(cfg)
     wcfg.wandb.name = cfg.wandb.name or root.name
     wcfg.wandb.group = cfg.wandb.group or root.name
-    tracker = Tracker(wcfg, root, len(rows))
-    tracker.bar.set_description("sweep members")
+    tracker = Tracker(wcfg, root, len(rows), desc="sweep members", unit="member")
     tracker.bar.update(len(rows))
     try:
         tracker.table("sweep/table", COLUMNS, [[r[c] for c in COLUMNS] for r in rows], step=0)

@@ -40,11 +40,12 @@ def _clean(x):
 
 
 class Tracker:
-    def __init__(self, cfg: Config, run_dir: Path, total_steps: int, start_step: int = 0, wandb_id: str = ""):
+    def __init__(self, cfg: Config, run_dir: Path, total_steps: int, start_step: int = 0, wandb_id: str = "",
+                 desc: str = "train", unit: str = "step"):
         self.cfg, self.dir = cfg, run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit=unit, dynamic_ncols=True,
                         file=console.term())
         self.wandb = None
         self.wandb_id = wandb_id

@@ -55,12 +55,9 @@ class FakeTracker:
 
     logged: list[tuple] = []
 
-    def __init__(self, cfg: Config, run_dir: Path, total_steps: int) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, total_steps: int, desc: str, unit: str) -> None:
         self.cfg, self.bar = cfg, self
-        FakeTracker.logged = [("init", cfg.wandb.name, cfg.wandb.group, str(run_dir))]
-
-    def set_description(self, text: str) -> None:
-        pass
+        FakeTracker.logged = [("init", cfg.wandb.name, cfg.wandb.group, str(run_dir), desc)]
 
     def update(self, n: int) -> None:
         FakeTracker.logged.append(("members", n))
@@ -127,7 +124,7 @@ def test_sweep_trains_each_alpha_and_writes_table_plot_json(make_cfg, tmp_path, 
     assert out["table"] == report["table"] and out["plot"] == str(root / "pareto.png")
     assert from_yaml_file(root / "sweep_config.yaml").algo.kl_coef == 0.01
     init, members, table, image, close = FakeTracker.logged
-    assert init == ("init", "sw", "sw", str(root)) and members == ("members", 3)
+    assert init == ("init", "sw", "sw", str(root), "sweep members") and members == ("members", 3)
     assert table[:3] == ("table", "sweep/table", sweep.COLUMNS)
     assert table[3][2] == [0.4, 0.5, 0.07, 40.0, 2.5, None, None, None]
     assert image == ("image", "sweep/pareto", PNG_MAGIC, 0) and close == ("close",)

@@ -148,9 +148,7 @@ class EvalRunner:
     def run(self) -> dict:
         """Evaluate every model, write eval.json, plots and W&B tables; returns the headline numbers."""
         cfg, placement = self.cfg, None
-        self.tracker = Tracker(cfg, self.dir, len(self.models) * len(self.stages))
-        self.tracker.bar.set_description("eval")
-        self.tracker.bar.unit = "stage"
+        self.tracker = Tracker(cfg, self.dir, len(self.models) * len(self.stages), desc="eval", unit="stage")
         try:
             if len(self.endpoints) < len(self.models):  # served models need no Ray
                 init_ray(cfg)
