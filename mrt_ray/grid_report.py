@@ -53,6 +53,10 @@ def _num(e: Estimate | None, fmt: str = ".1f") -> str:
     return "-" if e is None else e.text(fmt)
 
 
+def _bucket_tokens(seeds: dict[int, dict], d: str) -> dict[int, float]:
+    return {s: v["by_difficulty"][d]["tokens_mean"] for s, v in seeds.items() if d in v["by_difficulty"]}
+
+
 def aggregate(evals: dict[int, dict], labels: list[str], baseline: str) -> dict:
     data = {m: per_seed(evals, m, baseline) for m in ["base", *labels]}
     budgets = sorted(next(iter(data["base"].values()))["regret"])
@@ -86,6 +90,11 @@ def aggregate(evals: dict[int, dict], labels: list[str], baseline: str) -> dict:
                                              if d in v["by_difficulty"]])
                                     for k in ("tokens_mean", "accuracy", "share_after_first_correct", "flip_rate")}
                                 for d in diffs}
+        if m != baseline:  # where the tokens go: the paired token difference against the baseline per difficulty
+            row["vs_baseline"]["tokens_by_difficulty"] = {
+                d: paired_difference(mine, theirs) for d in diffs
+                for mine, theirs in [(_bucket_tokens(seeds, d), _bucket_tokens(data[baseline], d))]
+                if set(mine) & set(theirs)}
         summary[m] = row
     return {"budgets": budgets, "per_seed": data, "summary": summary}
 
@@ -128,6 +137,12 @@ def markdown(agg: dict, labels: list[str], baseline: str, seeds: list[int]) -> s
         for m in ["base", *labels]:
             lines.append(f"| {m} | " + " | ".join(_num(s[m]["by_difficulty"].get(d, {}).get("tokens_mean"))
                                                   for d in diffs) + " |")
+        lines += ["", f"Δ mean completion tokens against {baseline} by difficulty (paired by seed)", "",
+                  "| model | " + " | ".join(diffs) + " |", "|---|" + "---|" * len(diffs)]
+        for m in ["base", *labels]:
+            if m != baseline:
+                by = s[m]["vs_baseline"]["tokens_by_difficulty"]
+                lines.append(f"| {m} | " + " | ".join(_num(by.get(d)) for d in diffs) + " |")
         lines += ["", "pass@1 % by difficulty", "", "| model | " + " | ".join(diffs) + " |",
                   "|---|" + "---|" * len(diffs)]
         for m in ["base", *labels]:

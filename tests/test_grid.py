@@ -77,6 +77,10 @@ def test_grid_trains_every_member_evaluates_per_seed_and_reports(tmp_path, fakes
     # token efficiency: grpo reaches its own final forced accuracy at 32; mrt reaches it at 32 * ... (interpolated)
     assert mrt["vs_baseline"]["efficiency"]["mean"] > 1.0
     assert grid["summary"]["mrt"]["by_difficulty"]["2"]["tokens_mean"]["mean"] == pytest.approx(17.5)
+    # mrt - grpo tokens per difficulty, paired by seed: (35 - 70) / 2 = -17.5 on difficulty 2, -35 on difficulty 6
+    by = mrt["vs_baseline"]["tokens_by_difficulty"]
+    assert (by["2"]["mean"], by["6"]["mean"]) == (pytest.approx(-17.5), pytest.approx(-35.0))
+    assert "| mrt | -17.5 ± 0.0 | -35.0 ± 0.0 |" in md
     for png in ("pareto_ci.png", "tokens_by_difficulty.png", "regret_vs_budget.png"):
         assert (tmp_path / "g" / png).stat().st_size > 1000
     assert out["members"]["mrt/seed0"] == "trained"
