@@ -25,8 +25,10 @@ COMMANDS = {
              "steps) and write a table and a Pareto plot of held-out accuracy against mean tokens",
     "star": "MRT-STaR (algo=star): sample, estimate J after every episode, fine-tune on the correct traces that make "
             "the most progress",
-    "grid": "train every method of grid.methods with every seed of grid.seeds, evaluate each seed's base policy and "
-            "checkpoints, and write the seed statistics (mean +- 95%% CI, paired differences against grid.baseline)",
+    "grid": "train every method of grid.methods with every seed of grid.seeds, evaluate each member as soon as it is "
+            "trained beside its seed's base policy, and rewrite the seed statistics after every member (mean +- 95%% "
+            "CI, paired differences against grid.baseline); rerun with the same run.dir to continue or to add "
+            "methods or seeds",
 }
 REPORT = ("write one self-contained HTML page for training runs, eval directories and sweeps: learning curves, step "
           "times, push checks, progress and J by episode, budget forcing and regret, traces coloured by progress; "
