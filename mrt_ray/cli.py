@@ -26,7 +26,7 @@ COMMANDS = {
     "star": "MRT-STaR (algo=star): sample, estimate J after every episode, fine-tune on the correct traces that make "
             "the most progress",
     "grid": "train every method of grid.methods with every seed of grid.seeds, evaluate each member as soon as it is "
-            "trained beside its seed's base policy, and rewrite the seed statistics after every member (mean +- 95%% "
+            "trained beside its seed's base policy, and rewrite the seed statistics after every member (mean +- 95% "
             "CI, paired differences against grid.baseline); rerun with the same run.dir to continue or to add "
             "methods or seeds",
 }
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mrt-ray", description="RL for efficient LLM reasoning on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in COMMANDS.items():
-        s = sub.add_parser(name, help=help_, description=help_)
+        s = sub.add_parser(name, help=help_.replace("%", "%%"), description=help_)  # help is %-formatted
         s.add_argument("--config", help="a YAML file merged over conf/default.yaml")
         s.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
         s.add_argument("-v", "--verbose", action="store_true", help=VERBOSE)
