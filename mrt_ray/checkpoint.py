@@ -13,7 +13,8 @@ Integrity: `manifest.json` lists every file with its size and sha256. It is writ
 temporary directory), the directory is then renamed into place, and `latest` is updated after that: a crash never
 leaves a half checkpoint as the latest. Before resuming, `latest()` verifies the checkpoint against its manifest; a
 missing, truncated or altered file (or a missing manifest) makes it fall back to the previous intact checkpoint,
-with a warning naming the file. A pickle anywhere in a checkpoint is refused outright (`UnsafeCheckpointError`)."""
+with a warning naming the file. A pickle anywhere in a checkpoint is refused outright (`UnsafeCheckpointError`).
+Evaluation reads only the policy (`latest_policy`)."""
 from __future__ import annotations
 
 import hashlib
@@ -147,6 +148,28 @@ def latest(run_dir: Path) -> Path | None:
     if bad:
         raise CheckpointError(f"{run_dir}: no intact checkpoint ({'; '.join(bad)}); remove {root} to start over")
     return None
+
+
+def latest_policy(run_dir: Path) -> Path:
+    """The HF policy (`hf/`) of a run's newest intact checkpoint, for evaluation or as a starting point: only `hf/`
+    is read then (safetensors and JSON). A checkpoint with a manifest is verified whole (`latest`). One without,
+    named by `checkpoints/latest` (written before checkpoints carried manifests, so complete when `latest` was set),
+    has only its `hf/` checked: no pickle there and safetensors weights present; it is used with a warning that its
+    files could not be verified. Its learner state is not read, so a pickle there does not matter."""
+    pointer = run_dir / "checkpoints" / "latest"
+    named = run_dir / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
+    if named is None or (named / MANIFEST).is_file() or not named.is_dir():
+        ckpt = latest(run_dir)
+        if ckpt is None:
+            raise CheckpointError(f"{run_dir}: no checkpoint yet")
+        return ckpt / "hf"
+    hf = named / "hf"
+    refuse_pickles(hf)
+    if not any(hf.glob("*.safetensors")):
+        raise CheckpointError(f"{named}/hf holds no safetensors weights")
+    log.warning("mrt-ray: %s has no %s (written before checkpoints carried manifests): its policy is used "
+                "unverified", named, MANIFEST)
+    return hf
 
 
 def load(ckpt: Path, learners) -> dict:

@@ -38,12 +38,13 @@ def resolve_model(cfg: Config) -> str:
 
 
 def resolve_model_path(path: str, mc: ModelConfig) -> str:
-    """A training run directory (with checkpoints/latest) stands for its latest checkpoint's HF policy; a .gguf file
-    for its safetensors conversion (`hf_model_dir`)."""
+    """A training run directory (with checkpoints/latest) stands for its latest intact checkpoint's HF policy
+    (`checkpoint.latest_policy`); a .gguf file for its safetensors conversion (`hf_model_dir`)."""
     from mrt_ray import checkpoint
 
-    ckpt = checkpoint.latest(Path(path)) if (Path(path) / "checkpoints" / "latest").is_file() else None
-    return str(ckpt / "hf") if ckpt is not None else hf_model_dir(path, mc)
+    if (Path(path) / "checkpoints" / "latest").is_file():
+        return str(checkpoint.latest_policy(Path(path)))
+    return hf_model_dir(path, mc)
 
 
 def model_root(mc: ModelConfig) -> str:

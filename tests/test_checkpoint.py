@@ -167,3 +167,30 @@ def test_a_planted_pickle_stops_resume_before_anything_runs(tmp_path, capsys):
     with pytest.raises(checkpoint.UnsafeCheckpointError, match="notes.json is a pickle"):
         checkpoint.latest(tmp_path / "run2")
     assert not marker.exists()
+
+
+def test_a_run_from_before_manifests_gives_its_policy_for_eval_only(tmp_path, caplog):
+    """latest_policy (eval, model.path=<run dir>): a checkpoint named by `latest` without a manifest (an older
+    mrt-ray, whose DeepSpeed state was torch.save pickles) gives its hf/ policy with a warning, since only hf/ is read;
+    resume (`latest`) still refuses it. A pickle inside hf/ is refused for eval too; a checkpoint with a manifest
+    is verified whole."""
+    from mrt_ray.config import load_config
+    from mrt_ray.models import resolve_model_path
+
+    marker = tmp_path / "pickle_ran"
+    run = _fake_run(tmp_path / "old")
+    ck = run / "checkpoints" / "step_000003"
+    (ck / checkpoint.MANIFEST).unlink()
+    _plant_pickle(ck / "ds" / "state" / "mp_rank_00_model_states.pt", marker, torch_format=True)
+    with caplog.at_level(logging.WARNING, logger="mrt_ray"):
+        assert resolve_model_path(str(run), load_config(None, []).model) == str(ck / "hf")
+    assert "step_000003 has no manifest.json" in caplog.text and "used unverified" in caplog.text
+    with pytest.raises(checkpoint.UnsafeCheckpointError):
+        checkpoint.latest(run)
+    _plant_pickle(ck / "hf" / "extra.bin", marker, torch_format=True)
+    with pytest.raises(checkpoint.UnsafeCheckpointError, match="extra.bin is a pickle"):
+        checkpoint.latest_policy(run)
+    new = _fake_run(tmp_path / "new")
+    _flip_byte(new / "checkpoints" / "step_000003")  # verified whole: falls back to the intact step 1
+    assert checkpoint.latest_policy(new) == new / "checkpoints" / "step_000001" / "hf"
+    assert not marker.exists()
