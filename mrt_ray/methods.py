@@ -74,7 +74,8 @@ def outcome_batch(ctx: StepContext, progress_bonus: bool = False) -> list[Trajec
         ctx.metrics["dropped_groups"] = len(drop)
         groups = [g for i, g in enumerate(groups) if i not in drop] or groups
     if cfg.algo.kl_in_reward > 0:  # the reference policy's log-probs, for the KL inside the reward
-        ctx.reference([t for g in groups for t in g])
+        with timed(ctx.metrics, "reference_seconds"):  # a forward pass on the learners, part of advantage_seconds
+            ctx.reference([t for g in groups for t in g])
     assign_advantages(groups, cfg, progress_bonus=progress_bonus)
     return [t for g in groups for t in g]
 

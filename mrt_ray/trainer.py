@@ -136,7 +136,8 @@ class Trainer:
             stats = token_stats(lengths)
             m.update(tokens_mean=stats["mean"], tokens_p50=stats["p50"], tokens_p90=stats["p90"],
                      truncation=sum(not tr.completion.finished for g in groups for tr in g) / len(lengths))
-            batch = self.build_batch(groups, step, m)  # 6. advantage
+            with timed(m, "advantage_seconds"):  # 6. advantage (with the reference pass or MRT's continuations)
+                batch = self.build_batch(groups, step, m)
             with timed(m, "learn_seconds_wall"):
                 if batch:
                     m.update(self.learners.train(batch))  # 7. learn

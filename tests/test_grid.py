@@ -133,9 +133,18 @@ def test_bad_grids_are_refused(overrides, message):
         check_grid(load_config(None, overrides))
 
 
+def _script(name: str):
+    """scripts/<name>.py loaded as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_grid_summaries_from_training_runs_alone(tmp_path, capsys, monkeypatch) -> None:
     """scripts/grid_summaries.py: seed statistics from the members' summary.json and first metrics row (the base)."""
-    import importlib.util
     import sys
 
     for method, accs in (("grpo", (0.40, 0.30, 0.50)), ("mrt", (0.44, 0.31, 0.53))):
@@ -147,13 +156,28 @@ def test_grid_summaries_from_training_runs_alone(tmp_path, capsys, monkeypatch) 
             (d / "metrics.jsonl").write_text(json.dumps({"step": -1, "eval/sampled_accuracy": 0.35,
                                                          "eval/greedy_accuracy": 0.5,
                                                          "eval/sampled_tokens_mean": 70.0}) + "\n")
-    spec = importlib.util.spec_from_file_location("grid_summaries",
-                                                  Path(__file__).parents[1] / "scripts" / "grid_summaries.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script("grid_summaries")
     monkeypatch.setattr(sys, "argv", ["grid_summaries.py", str(tmp_path)])
     mod.main()
     out = capsys.readouterr().out
     assert "| base | 0,1,2 | 35.0 ± 0.0 (n=3) |" in out
     # mrt - grpo per seed: 4, 1, 3 points -> mean 2.67, sd 1.53, t(2) 4.303 -> half-width 3.79
     assert "| mrt | 0,1,2 | 2.7 ± 3.8 (n=3) |" in out
+
+
+def test_step_overhead_sums_the_phases_of_a_run(tmp_path, capsys, monkeypatch) -> None:
+    """scripts/step_overhead.py: every phase summed over the steps, and the step time outside them."""
+    import sys
+
+    rows = [{"step": -1, "eval/sampled_accuracy": 0.5}]  # the base evaluation row has no step timings
+    rows += [{"step": s, "step_seconds": 10.0, "generate_seconds": 5.0, "advantage_seconds": 1.0,
+              "learn_seconds_wall": 3.0, "push_seconds": 0.5} for s in range(4)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    mod = _script("step_overhead")
+    s = mod.summary(tmp_path)
+    assert s["steps"] == 4 and s["step_s"] == 40.0 and s["advantage_seconds"] == 4.0
+    assert s["overhead_all_phases"] == pytest.approx(10 / 9.5)
+    assert s["overhead_vs_generate_learn"] == pytest.approx(10 / 8)
+    monkeypatch.setattr(sys, "argv", ["step_overhead.py", str(tmp_path)])
+    mod.main()
+    assert "| 4 | 40.000 |" in capsys.readouterr().out
