@@ -16,6 +16,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from mrt_ray import console
 from mrt_ray.config import Config, ConfigError, load_config, to_yaml
 from mrt_ray.members import TrainFn, run_member
 from mrt_ray.validation import validate
@@ -68,7 +69,8 @@ def run_grid(cfg: Config, config_file: str | None = None, overrides: list[str] =
     evals = {s: {"seed": s, "models": {n: _read_eval(root, n, s) for n in ("base", *labels)
                                        if _eval_file(root, n, s).is_file()}}
              for s in cfg.grid.seeds}  # seed -> {"models": {label: one model's eval results}}; finished ones first
-    for (label, s), m in members.items():
+    for i, ((label, s), m) in enumerate(members.items(), 1):
+        console.log.info("grid member %d/%d: %s seed %d", i, len(members), label, s)
         _, out["members"][f"{label}/seed{s}"] = run_member(m, train_fn)
         if cfg.grid.evaluate:
             models = evals[s]["models"]
