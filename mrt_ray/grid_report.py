@@ -45,8 +45,8 @@ def _est(values: list[float]) -> Estimate | None:
     return mean_ci(vals) if vals else None
 
 
-def _pct(e: Estimate | None) -> str:
-    return "-" if e is None else e.text(".1f", 100)
+def _pct(e: Estimate | None, fmt: str = ".1f") -> str:
+    return "-" if e is None else e.text(fmt, 100)
 
 
 def _num(e: Estimate | None, fmt: str = ".1f") -> str:
@@ -110,8 +110,8 @@ def markdown(agg: dict, labels: list[str], baseline: str, seeds: list[int]) -> s
         r = s[m]
         vs = r.get("vs_baseline", {}).get("tokens_rel")
         lines.append(f"| {m} | {','.join(map(str, r['seeds']))} | {_pct(r['accuracy'])} | "
-                     f"{_pct(r['gain_over_base']) if m != 'base' else '-'} | "
-                     f"{_pct(r['greedy'])} | {_num(r['tokens'])} | {_pct(vs) + ' %' if vs else '-'} | "
+                     f"{_pct(r['gain_over_base'], '+.1f') if m != 'base' else '-'} | "
+                     f"{_pct(r['greedy'])} | {_num(r['tokens'])} | {_pct(vs, '+.1f') + ' %' if vs else '-'} | "
                      f"{_num(r['regret'][top], '.3f')} |")
     lines += ["", f"Paired differences against {baseline} (method − {baseline}): pass@1 in points, regret at each "
               "budget (negative: lower regret)", "",
@@ -121,8 +121,8 @@ def markdown(agg: dict, labels: list[str], baseline: str, seeds: list[int]) -> s
         if m == baseline:
             continue
         v = s[m]["vs_baseline"]
-        lines.append(f"| {m} | {_pct(v['accuracy'])} | " + " | ".join(_num(v["regret"][b], ".3f") for b in budgets)
-                     + " |")
+        lines.append(f"| {m} | {_pct(v['accuracy'], '+.1f')} | "
+                     + " | ".join(_num(v["regret"][b], "+.3f") for b in budgets) + " |")
     lines += ["", f"Token efficiency: thinking tokens (budget forcing) to reach {baseline}'s final forced accuracy, "
               f"and {baseline}'s tokens / the method's (paired; seeds where both reach it)", "",
               "| model | tokens to reach | seeds reaching | efficiency vs " + baseline + " |", "|---|---|---|---|"]
@@ -142,7 +142,7 @@ def markdown(agg: dict, labels: list[str], baseline: str, seeds: list[int]) -> s
         for m in ["base", *labels]:
             if m != baseline:
                 by = s[m]["vs_baseline"]["tokens_by_difficulty"]
-                lines.append(f"| {m} | " + " | ".join(_num(by.get(d)) for d in diffs) + " |")
+                lines.append(f"| {m} | " + " | ".join(_num(by.get(d), "+.1f") for d in diffs) + " |")
         lines += ["", "pass@1 % by difficulty", "", "| model | " + " | ".join(diffs) + " |",
                   "|---|" + "---|" * len(diffs)]
         for m in ["base", *labels]:

@@ -37,7 +37,8 @@ class Estimate:
 
     def text(self, fmt: str = ".3f", scale: float = 1.0) -> str:
         m = format(self.mean * scale, fmt)
-        return m if math.isnan(self.half_width) else f"{m} ± {format(self.half_width * scale, fmt)}"
+        hw = format(self.half_width * scale, fmt.replace("+", ""))  # fmt "+.1f": a signed difference
+        return m if math.isnan(self.half_width) else f"{m} ± {hw}"
 
 
 def mean_ci(values: Sequence[float]) -> Estimate:

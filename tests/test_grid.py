@@ -67,7 +67,7 @@ def test_grid_trains_every_member_evaluates_per_seed_and_reports(tmp_path, fakes
     assert (tmp_path / "g" / "mrt" / "seed2" / "summary.json").is_file()
     md = (tmp_path / "g" / "grid.md").read_text()
     # mrt pass@1 over seeds: 70, 71, 72 -> 71.0 +- t(2) * 1 / sqrt(3) = 2.5; paired vs grpo: +10 exactly (CI 0)
-    assert "| mrt | 0,1,2 | 71.0 ± 2.5 | 20.0 ± 0.0 |" in md
+    assert "| mrt | 0,1,2 | 71.0 ± 2.5 | +20.0 ± 0.0 |" in md
     assert "| base | 0,1,2 | 51.0 ± 2.5 | - |" in md
     grid = json.loads((tmp_path / "g" / "grid.json").read_text())
     mrt = grid["summary"]["mrt"]
