@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m mrt_ray ARGS` as a user runs it; its output as written (bytes decoded here: text mode would turn
     the bar's carriage returns into newlines)."""
-    env = {**{k: v for k, v in os.environ.items() if k not in ("WANDB_SERVICE", console.VERBOSE_ENV)},
+    # without conftest's RAY_AUTH_MODE: the CLI must turn token auth on itself, as in a user's shell
+    env = {**{k: v for k, v in os.environ.items() if k not in ("WANDB_SERVICE", console.VERBOSE_ENV, "RAY_AUTH_MODE")},
            "PYTHONPATH": str(REPO)}
     if args[0] in ("train", "eval") and not any(a.startswith("ray.dashboard_port=") for a in args):
         # a free dashboard port: another local Ray (the test session's) holding 8265 adds a console line of its own

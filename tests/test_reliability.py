@@ -87,8 +87,9 @@ def test_resume_after_sigkill_is_exact(uninterrupted, tiny_model, tmp_path):
     run_dir = tmp_path / "run"
     # WANDB_SERVICE: the W&B service this pytest process started; a subprocess that inherits it shares it, and the
     # killed run's stream would stay open there ("run ID ... is in use"). A real run's service dies with it.
-    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_API_KEY": SECRET,
-           "MRT_TEST_LOG": str(tmp_path / "cli.log"), "PYTHONPATH": str(REPO)}
+    # RAY_AUTH_MODE left out as well: the CLI turns token auth on itself, as in a user's shell
+    env = {**{k: v for k, v in os.environ.items() if k not in ("WANDB_SERVICE", "RAY_AUTH_MODE")},
+           "WANDB_API_KEY": SECRET, "MRT_TEST_LOG": str(tmp_path / "cli.log"), "PYTHONPATH": str(REPO)}
     latest = run_dir / "checkpoints" / "latest"
     proc = _cli("train", f"model.path={tiny_model}", f"run.dir={run_dir}", *RUN, "wandb.mode=offline", env=env)
     try:
