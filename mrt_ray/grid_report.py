@@ -3,8 +3,10 @@ differences against the baseline (and against each seed's base policy) on the sa
 
 Inputs: per seed, the eval results of "base" and of each method evaluated so far (`mrt_ray.grid`); a seed counts once
 its base and baseline are evaluated, and each method is summarised over the seeds it has. Outputs in the grid dir:
-grid.json (every per-seed value and every estimate), grid.md (the tables) and three plots: pareto_ci.png (held-out
-accuracy against mean completion tokens, CI bars on both axes), tokens_by_difficulty.png and regret_vs_budget.png.
+grid.json (every per-seed value and every estimate), grid.md (the tables) and four plots: paired_vs_base.png (each
+method's change from its seed's base policy in tokens and pass@1, paired, CI bars on both axes: the seeds' base
+policies differ widely, so this is the readable one), pareto_ci.png (held-out accuracy against mean completion tokens,
+CI bars on both axes), tokens_by_difficulty.png and regret_vs_budget.png.
 """
 from __future__ import annotations
 
@@ -70,6 +72,7 @@ def aggregate(evals: dict[int, dict], labels: list[str], baseline: str) -> dict:
                "greedy": _est(list(pick("greedy").values())), "maj": _est(list(pick("maj").values())),
                "regret": {b: _est([v["regret"][b] for v in seeds.values()]) for b in budgets},
                "gain_over_base": paired_difference(acc, {s: v["accuracy"] for s, v in data["base"].items()}),
+               "tokens_vs_base": paired_difference(tok, {s: v["tokens"] for s, v in data["base"].items()}),
                "tokens_to_baseline_final": _est(list(pick("tokens_to_baseline_final").values())),
                "reached": sum(v is not None for v in pick("tokens_to_baseline_final").values()), "seeds": sorted(seeds)}
         if m != baseline:
@@ -148,8 +151,8 @@ def markdown(agg: dict, labels: list[str], baseline: str, seeds: list[int]) -> s
         for m in ["base", *labels]:
             lines.append(f"| {m} | " + " | ".join(_pct(s[m]["by_difficulty"].get(d, {}).get("accuracy"))
                                                   for d in diffs) + " |")
-    lines += ["", "![accuracy vs tokens](pareto_ci.png) ![tokens by difficulty](tokens_by_difficulty.png) "
-              "![regret](regret_vs_budget.png)", ""]
+    lines += ["", "![change from the base](paired_vs_base.png) ![accuracy vs tokens](pareto_ci.png) "
+              "![tokens by difficulty](tokens_by_difficulty.png) ![regret](regret_vs_budget.png)", ""]
     return "\n".join(lines)
 
 
@@ -185,7 +188,11 @@ def write_report(cfg: Config, root: Path, labels: list[str], evals: dict[int, di
     series = {m: [(d, r["tokens_mean"].mean, _ci(r["tokens_mean"])) for d, r in s[m]["by_difficulty"].items()
                   if r["tokens_mean"] is not None] for m in models}
     series = {m: v for m, v in series.items() if v}
-    figs = {"pareto": str(pareto)}
+    paired = plots.plot_pareto(
+        [(m, s[m]["tokens_vs_base"].mean, 100 * s[m]["gain_over_base"].mean, 100 * _ci(s[m]["gain_over_base"]),
+          _ci(s[m]["tokens_vs_base"])) for m in labels], root / "paired_vs_base.png",
+        ("Change from each seed's base policy (paired, 95% CI)", "Δ mean completion tokens", "Δ pass@1 (points)"))
+    figs = {"pareto": str(pareto), "paired_vs_base": str(paired)}
     if series:
         figs["tokens_by_difficulty"] = str(plots.plot_by_difficulty(
             series, root / "tokens_by_difficulty.png", "mean completion tokens", "Completion tokens by difficulty"))

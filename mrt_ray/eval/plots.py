@@ -84,10 +84,13 @@ def plot_j_by_episode(results: Mapping[str, Sequence[float]], path: str | Path) 
     return _save(fig, ax, path)
 
 
-def plot_pareto(points: Sequence[tuple[str, float, float, float, float]], path: str | Path) -> Path:
-    """Accuracy against mean completion tokens, one labelled point per (label, tokens, acc, acc_se, tokens_se)."""
+def plot_pareto(points: Sequence[tuple[str, float, float, float, float]], path: str | Path,
+                labels: tuple[str, str, str] = ("Accuracy vs completion tokens", "mean completion tokens",
+                                                "accuracy")) -> Path:
+    """Accuracy against mean completion tokens, one labelled point per (label, tokens, acc, acc_se, tokens_se);
+    `labels`: title, x and y axis (e.g. for paired changes)."""
     _check(points, "plot_pareto")
-    fig, ax = _new_axes("Accuracy vs completion tokens", "mean completion tokens", "accuracy")
+    fig, ax = _new_axes(*labels)
     for label, tokens, acc, acc_se, tokens_se in points:
         ax.errorbar([tokens], [acc], xerr=[tokens_se], yerr=[acc_se], marker="o", markersize=5, capsize=3)
         ax.annotate(label, (tokens, acc), textcoords="offset points", xytext=(5, 5), fontsize="small")
