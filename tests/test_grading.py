@@ -40,6 +40,9 @@ def _delta(before: dict[str, int]) -> dict[str, int]:
         ("Thus the answer is $\\frac{3}{4}$.", "", "\\frac{3}{4}"),
         ("The final answer is: 12.", "", "12"),
         ("the answer is 2. Wait, the answer is \\(5\\)", "", "5"),
+        ("The final answer to the given arithmetic problem is 7.", "", "7"),  # SmolLM2-135M-Instruct's phrasing
+        ("The answer for x is 4", "", "4"),
+        ("the answer to this. It is 9", "", None),  # "is" beyond the sentence does not count
         ("Final Answer: x = 3\nbecause", "Final Answer:", "x = 3"),
         ("Final Answer: \\boxed{4}", "Final Answer:", "4"),
         ("ANSWER 9 \\boxed{1}", "ANSWER", "1"),  # a box inside the marked span wins

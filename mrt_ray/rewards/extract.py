@@ -2,15 +2,17 @@
 
 Priority, first hit wins: the text after the last `marker` (when one is given and present), the last complete
 `\\boxed{...}` / `\\fbox{...}`, the text after the last `####` (GSM8K and the embedded task), the text after the last
-"the answer is" / "the final answer is". The chosen span is reduced to one answer: a `\\boxed{}` inside it wins, else
-its first non-empty line with math delimiters (`$...$`, `\\(...\\)`, `\\[...\\]`) and a trailing period removed.
+"the answer is" / "the final answer is" (also "the final answer to <up to 60 characters> is"). The chosen span is
+reduced to one answer: a `\\boxed{}` inside it wins, else its first non-empty line with math delimiters (`$...$`,
+`\\(...\\)`, `\\[...\\]`) and a trailing period removed.
 """
 from __future__ import annotations
 
 import re
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)")
-_ANSWER_IS_RE = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?", re.IGNORECASE)
+# "the (final) answer is", also "the final answer to this problem is" (small instruction models write it so)
+_ANSWER_IS_RE = re.compile(r"the\s+(?:final\s+)?answer(?:\s+(?:to|for|of)\s+[^.\n:]{1,60}?)?\s+is\s*:?", re.IGNORECASE)
 _GSM_MARK = "####"
 
 
