@@ -217,24 +217,27 @@ def wait_ready(actor, name: str, timeout_s: float, key: str) -> dict:
                 raise RuntimeError(f"{name} did not come back from a restart within {key}={timeout_s:g}s") from None
             time.sleep(0.5)
         except ray.exceptions.RayActorError as e:
-            if actor_state(actor) in ("DEAD", None) or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} died and Ray did not restart it (its max_restarts are used up): {e}") \
+            state, restarts = actor_state(actor)
+            if state in ("DEAD", None) or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} died and Ray did not restart it (GCS state {state or 'unknown'} after "
+                                   f"{restarts} restarts: its max_restarts are used up, or Ray gave up on it): {e}") \
                     from e
             time.sleep(0.5)  # killed during this call, and Ray is restarting it
         except ray.exceptions.GetTimeoutError:
             raise RuntimeError(f"{name} did not start within {key}={timeout_s:g}s") from None
 
 
-def actor_state(actor) -> str | None:
-    """The GCS's state of `actor` ("ALIVE", "RESTARTING", "DEAD", ...), None when Ray cannot say. Read straight from
-    the GCS (Ray's own state table; the public `ray.util.state` needs the dashboard, which a cluster may not run)."""
+def actor_state(actor) -> tuple[str | None, int | None]:
+    """The GCS's state of `actor` ("ALIVE", "RESTARTING", "DEAD", ...) and its restart count; None when Ray cannot
+    say. Read straight from the GCS (Ray's own state table; the public `ray.util.state` needs the dashboard, which a
+    cluster may not run)."""
     try:
         from ray._private.state import state
 
         info = state.actor_table(actor._actor_id.hex())
     except Exception:  # noqa: BLE001 - an unknown state counts as dead (the caller's error then names the actor)
-        return None
-    return info.get("State") if info else None
+        return None, None
+    return (info.get("State"), info.get("NumRestarts")) if info else (None, None)
 
 
 def stop(actors: list) -> None:

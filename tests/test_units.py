@@ -263,10 +263,11 @@ def test_wait_ready_waits_out_a_call_lost_to_a_restart(monkeypatch, state, waits
         return a
 
     monkeypatch.setattr(actors.ray, "get", get)
-    monkeypatch.setattr(actors, "actor_state", lambda actor: state)
+    monkeypatch.setattr(actors, "actor_state", lambda actor: (state, 2))
     monkeypatch.setattr(actors.time, "sleep", lambda s: None)
     if waits:
         assert actors.wait_ready(_Handle(), "worker 0", 60, "k") == {"pid": 2}
     else:
-        with pytest.raises(RuntimeError, match="worker 0 died and Ray did not restart it"):
+        shown = state or "unknown"
+        with pytest.raises(RuntimeError, match=rf"worker 0 died and Ray did not restart it \(GCS state {shown} after"):
             actors.wait_ready(_Handle(), "worker 0", 60, "k")
