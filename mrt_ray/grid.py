@@ -57,6 +57,8 @@ def run_grid(cfg: Config, config_file: str | None = None, overrides: list[str] =
              train_fn: TrainFn | None = None, eval_fn=None) -> dict:
     """Train (reusing finished members) and evaluate every member, rewriting the seed statistics after each."""
     labels = check_grid(cfg)
+    from mrt_ray.grid_report import write_report  # late: matplotlib loads only when a grid runs
+
     if train_fn is None:
         from mrt_ray.trainer import train as train_fn  # late: Ray, DeepSpeed and vLLM load only when training
     root = Path(cfg.run.dir or f"runs/grid-{datetime.now():%Y%m%d-%H%M%S}")
@@ -77,8 +79,6 @@ def run_grid(cfg: Config, config_file: str | None = None, overrides: list[str] =
             for name in [n for n in ("base", label) if n not in models]:
                 models[name] = evaluate_member(cfg, root, name, s, eval_fn)
             (root / "eval" / f"seed{s}" / "eval.json").write_text(json.dumps(evals[s], indent=2))
-            from mrt_ray.grid_report import write_report
-
             out.update(write_report(cfg, root, labels, evals))
         (root / "grid_status.json").write_text(json.dumps(out, indent=2))
     return out
