@@ -77,7 +77,7 @@ def test_learner_state_restores_exactly(small_cfg, tiny_model, tmp_path, stage, 
     finally:
         _close(placement, group)
     timing = ("learn_seconds",)
-    def same(d: dict) -> dict:  # NaN (e.g. ZeRO-0's grad_norm) compares equal to NaN here
+    def same(d: dict) -> dict:  # NaN compares equal to NaN here
         return {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items() if k not in timing}
 
     assert same(got) == same(want)

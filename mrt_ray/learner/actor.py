@@ -118,6 +118,7 @@ class Learner:
         old: list[torch.Tensor | None] = [None] * n_micro
         sums: dict[str, float] = {}
         tokens = diff_sum = 0.0
+        own_norm = None
         self.engine.train()
         for epoch in range(self.cfg.learner.ppo_epochs):
             for k, (batch, weight) in enumerate(batches):
@@ -136,7 +137,8 @@ class Learner:
                     return {"skipped": 1.0, "learn_seconds": time.perf_counter() - t0}
                 ds.set_accumulation_boundary(self.engine, k == n_micro - 1)
                 self.engine.backward(loss, scale_wrt_gas=False)
-                self.engine.step()
+                gnorm = ds.step(self.engine)  # ZeRO-0's norm at the boundary (DeepSpeed keeps the others)
+                own_norm = own_norm if gnorm is None else gnorm
                 ntok = float(mask.sum())
                 tokens += ntok
                 for key, v in stats.items():
@@ -146,7 +148,7 @@ class Learner:
                         diff_sum += float(((logp.detach() - batch["rollout_lp"]).abs() * mask).sum())
         out = {k: v / max(tokens, 1.0) for k, v in sums.items()}
         out.update(tokens=tokens / self.cfg.learner.ppo_epochs, logprob_diff_sum=diff_sum, skipped=0.0,
-                   grad_norm=ds.grad_norm(self.engine), lr=self.engine.get_lr()[0],
+                   grad_norm=ds.grad_norm(self.engine, own_norm), lr=self.engine.get_lr()[0],
                    learn_seconds=time.perf_counter() - t0)
         return out
 

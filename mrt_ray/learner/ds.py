@@ -83,9 +83,23 @@ def set_accumulation_boundary(engine, is_last: bool) -> None:
     engine.set_gradient_accumulation_boundary(is_last)
 
 
-def grad_norm(engine) -> float:
+def step(engine) -> float | None:
+    """engine.step(), returning the global gradient norm (before clipping) that DeepSpeed does not keep itself: its
+    plain ZeRO-0 path clips without storing it. At the accumulation boundary, after backward, ZeRO-0's gradients
+    are already all-reduced, so every rank computes the same norm. None when DeepSpeed keeps it (grad_norm reads it)
+    or off the boundary."""
+    own = None
+    if engine.zero_optimization_stage() == 0 and engine.is_gradient_accumulation_boundary():
+        norms = [torch.linalg.vector_norm(p.grad.float()) for p in engine.module.parameters() if p.grad is not None]
+        own = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+    engine.step()
+    return own
+
+
+def grad_norm(engine, own: float | None = None) -> float:
+    """The last step's global gradient norm: DeepSpeed's, else `own` (from `step`), else NaN."""
     n = engine.get_global_grad_norm()
-    return float(n) if n is not None else float("nan")
+    return float(n) if n is not None else own if own is not None else float("nan")
 
 
 def gathered(params, enabled: bool):
