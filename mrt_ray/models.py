@@ -72,10 +72,12 @@ def _check_dir(path: str) -> Path:
 
 def hf_model_dir(path: str, mc: ModelConfig) -> str:
     """The HF directory for model `path`: `path` itself, or for a GGUF checkpoint (`path` a .gguf file, or
-    model.gguf_file naming one inside the directory `path`) its safetensors conversion, made on first use."""
+    model.gguf_file naming one inside the directory `path`) its safetensors conversion, made on first use. A
+    directory that already holds an HF model (config.json: the conversion itself, or a checkpoint trained from it, as
+    a grid's evaluation passes them) is used as it is, model.gguf_file or not."""
     if path.endswith(".gguf"):
         gguf = Path(path)
-    elif mc.gguf_file:
+    elif mc.gguf_file and not (Path(path) / "config.json").is_file():
         gguf = Path(path) / mc.gguf_file
     else:
         return path

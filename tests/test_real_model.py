@@ -33,6 +33,8 @@ def test_missing_gguf_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.gguf_file='x.gguf'"):
         hf_model_dir(str(tmp_path), ModelConfig(gguf_file="x.gguf"))
     assert hf_model_dir(str(tmp_path), ModelConfig()) == str(tmp_path)  # a directory is used as it is
+    (tmp_path / "config.json").write_text("{}")  # an HF directory (a conversion, a checkpoint trained from one) too,
+    assert hf_model_dir(str(tmp_path), ModelConfig(gguf_file="x.gguf")) == str(tmp_path)  # with model.gguf_file set
 
 
 def test_model_package(smollm2_gguf):
