@@ -1,5 +1,7 @@
 """Chaos under load (issue 18), bounded and seeded: a 30-step MRT run (tiny model, tiny batches) during which a
-watchdog kills a random inference actor (a rollout worker or an MRT estimator worker) every ~10 s. Kills go through
+watchdog kills a random inference actor (a rollout worker or an MRT estimator worker) every ~10 s, at most once per
+logged step (under load a restart takes longer than the interval, and a fixed rate alone spent an actor's
+max_restarts before the run could finish: the test then failed on its own kill rate). Kills go through
 Ray (`ray.kill` without `no_restart`: the process dies at once, mid-task when it is busy, and Ray restarts it), at
 seeded intervals (uniform in 0.5-1.5 x 10 s) onto seeded victims. The run must finish (no hang: it runs in a thread
 with a deadline) and lose or double no sample: every step's metrics equal those of the same run undisturbed, else
@@ -31,8 +33,9 @@ DEADLINE_S = 900.0  # the chaos run takes ~2 min on a quiet 2-core machine
 
 
 class Watchdog(threading.Thread):
-    """Kills a seeded-random inference actor of `trainer` every ~`interval_s` (seeded), from the moment step 0 is
-    logged until `stop()`. Each kill is logged as (seconds since arming, role, index, the last logged step)."""
+    """Kills a seeded-random inference actor of `trainer` every ~`interval_s` (seeded), at most once per logged step,
+    from the moment step 0 is logged until `stop()`. Each kill is logged as (seconds since arming, role, index, the
+    last logged step)."""
 
     def __init__(self, trainer, run_dir: Path, seed: int, interval_s: float = 10.0):
         super().__init__(daemon=True)
@@ -53,8 +56,10 @@ class Watchdog(threading.Thread):
         while self._last_step() < 0:  # armed once training runs (start-up is not what this test is about)
             if self.done.wait(0.5):
                 return
-        t0 = time.monotonic()
+        t0, killed_at = time.monotonic(), -2
         while not self.done.wait(self.rng.uniform(0.5, 1.5) * self.interval_s):
+            if self._last_step() <= killed_at:  # no new step since the last kill: let the run progress
+                continue
             victims = [("rollout", i, w) for i, w in enumerate(self.trainer.workers)]
             victims += [("estimator", i, w) for i, w in enumerate(self.trainer.estimator_workers)]
             role, i, actor = self.rng.choice(victims)
@@ -63,7 +68,8 @@ class Watchdog(threading.Thread):
             except Exception as e:  # noqa: BLE001 - e.g. the run just ended and released its actors
                 self.kills.append((time.monotonic() - t0, f"{role} (kill failed: {e})", i, self._last_step()))
                 continue
-            self.kills.append((time.monotonic() - t0, role, i, self._last_step()))
+            killed_at = self._last_step()
+            self.kills.append((time.monotonic() - t0, role, i, killed_at))
 
     def stop(self) -> None:
         self.done.set()
@@ -92,6 +98,10 @@ def _run_with_deadline(trainer) -> dict:
     return out["summary"]
 
 
+def _kill_log(dog: Watchdog) -> str:
+    return "\n".join(f"  {t:6.1f}s kill {role} {i} (last logged step {s})" for t, role, i, s in dog.kills)
+
+
 def test_inference_actors_killed_under_load_lose_no_sample(small_cfg, tmp_path):
     from mrt_ray.trainer import Trainer
 
@@ -103,10 +113,12 @@ def test_inference_actors_killed_under_load_lose_no_sample(small_cfg, tmp_path):
     dog.start()
     try:
         _run_with_deadline(trainer)
+    except Exception as e:  # the kill log says which actor was hit how often, and when
+        raise AssertionError(f"the chaos run failed: {e}\nkills:\n{_kill_log(dog)}") from e
     finally:
         dog.stop()
     a, b = _rows(Path(undisturbed.run.dir)), _rows(Path(cfg.run.dir))
-    log = "\n".join(f"  {t:6.1f}s kill {role} {i} (last logged step {s})" for t, role, i, s in dog.kills)
+    log = _kill_log(dog)
     assert len([k for k in dog.kills if "failed" not in k[1]]) >= 3, f"too few kills landed:\n{log}"
     assert sorted(b) == sorted(a) == [-1, *range(STEPS), STEPS]
     differ = {step: {k: (a[step].get(k), b[step].get(k)) for k in COMPARED if a[step].get(k) != b[step].get(k)}
