@@ -122,7 +122,7 @@ def _vm_kib(key: str) -> int:
     raise KeyError(key)
 
 
-def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, out):
+def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, out):
     torch.set_num_threads(1)
     from mrt_ray.weight_sync.group import drain, receive_stream, send_stream
 
@@ -133,7 +133,9 @@ def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, out):
     plan = plan_buckets(state_metas(state), bucket_mib * MiB)
     if rank == 0:
         try:
-            sums, gate = send_stream(group, plan, ([state[e.name] for e in b.entries] for b in plan.buckets), 7)
+            for push_id in pushes:
+                sums, gate = send_stream(group, plan, ([state[e.name] for e in b.entries] for b in plan.buckets),
+                                         push_id)
             out.put(("sent", sums, gate))
         except RuntimeError as e:
             out.put(("error", str(e), 0.0))
@@ -142,28 +144,29 @@ def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, out):
         time.sleep(-receiver_delay)
         return
     time.sleep(receiver_delay)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    before = _vm_kib("VmRSS")
-    sums, loaded = [], []
-    stream = receive_stream(group, plan, 7, sums)
-    try:
-        with torch.no_grad():
-            for name, t in stream:  # the HF engine's way: copy into the model's own tensor as it arrives
-                state[name].copy_(t)
-                loaded.append(name)
-    finally:
-        drain(stream)
-    peak = _vm_kib("VmHWM") - before
+    for push_id in pushes:  # the last push is measured; earlier ones page in the code it runs (file-backed RSS)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+        before = _vm_kib("VmRSS")
+        sums, loaded = [], []
+        stream = receive_stream(group, plan, push_id, sums)
+        try:
+            with torch.no_grad():
+                for name, t in stream:  # the HF engine's way: copy into the model's own tensor as it arrives
+                    state[name].copy_(t)
+                    loaded.append(name)
+        finally:
+            drain(stream)
+        peak = _vm_kib("VmHWM") - before
     expect = _state(2, mib)
     ok = all(torch.equal(state[n], expect[n]) for n in expect)
     out.put(("received", torch.stack(sums).tolist(), loaded, ok, peak, plan.max_bucket))
 
 
-def _run(mib=96, bucket_mib=4, receiver_delay=0.0, gate_timeout=60.0):
+def _run(mib=96, bucket_mib=4, receiver_delay=0.0, gate_timeout=60.0, pushes=(7,)):
     ctx = mp.get_context("spawn")
     out, ports = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_member, args=(r, ports, mib, bucket_mib, receiver_delay, gate_timeout, out))
+    procs = [ctx.Process(target=_member, args=(r, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, out))
              for r in (0, 1)]
     # RSS then tracks live memory: glibc's adaptive threshold would serve freed buckets from a heap it keeps mapped
     env = os.environ.get("MALLOC_MMAP_THRESHOLD_")
@@ -192,8 +195,9 @@ def _run(mib=96, bucket_mib=4, receiver_delay=0.0, gate_timeout=60.0):
 def test_gloo_push_streams_with_bounded_receiver_memory():
     """A 96 MiB state dict in 4 MiB buckets: the receiver gets every tensor bit for bit (the tied output under its
     own name too), the checksums of both sides agree, and its peak RSS grows by at most the two buckets in flight
-    plus slack, far below the state dict (a second full copy would add 96 MiB)."""
-    r = _run(mib=96, bucket_mib=4)
+    plus slack, far below the state dict (a second full copy would add 96 MiB). The second of two pushes is measured:
+    the first pages in the code the receive path runs, file-backed RSS that once filled 8 of the 8 MiB slack in CI."""
+    r = _run(mib=96, bucket_mib=4, pushes=(7, 8))  # the second push is measured
     sums, _ = r["sent"]
     got_sums, loaded, ok, peak_kib, max_bucket = r["received"]
     assert ok and got_sums == sums and len(sums) > 20
