@@ -6,7 +6,8 @@ ranks, rollout workers, MRT estimator workers) and of the driver, sampled after 
 The overrides are the CLI's (`train.steps=120 algo=mrt ...`); without `model.path` the embedded base policy is used
 (bootstrapped on first use, cached under runs/base/). Prints a markdown table per process: RSS after the first step
 after warm-up, at the end, the peak, and the growth per 100 steps (least-squares slope over the steps after warm-up).
-Writes every sample to --out. A measurement, not a test: tests/test_chaos.py bounds the growth on the tiny model.
+Writes every sample to --out. A measurement, not a test: tests/test_memory.py bounds an estimator worker's growth on
+the tiny model.
 """
 from __future__ import annotations
 

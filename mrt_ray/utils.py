@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import random
 import shutil
@@ -128,6 +130,21 @@ def limit_memory(mb: str | int, name: str) -> None:
         raise ValueError(f"{name}={mb!r} must be a whole number of MiB (0: no cap)")
     if int(mb):
         resource.setrlimit(resource.RLIMIT_AS, (int(mb) << 20, int(mb) << 20))
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS: they do not keep freed pages)."""
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc malloc_trim(0)). glibc keeps memory freed inside its heaps
+    mapped: a vLLM CPU engine serving thousands of short, distinct requests grew ~25 MiB per estimator round that way
+    (docs/reliability.md, "Memory"); after this call its RSS stays flat. Takes well under a millisecond here."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def limit_threads(n: int) -> None:

@@ -16,7 +16,7 @@ import os
 
 from mrt_ray.config import Config
 from mrt_ray.rollout.types import Completion, EngineDead, Request
-from mrt_ray.utils import timed
+from mrt_ray.utils import release_freed_memory, timed
 
 log = logging.getLogger("mrt_ray")
 EXIT_ENGINE_DEAD = 75  # the worker's exit status after its engine died
@@ -66,6 +66,7 @@ class RolloutWorker:
         stats: dict = {}
         with timed(stats, "seconds"):
             out = self.engine.generate(requests, self.version)
+            release_freed_memory()  # else glibc keeps what the engine freed, and RSS grows with every call
         stats["tokens"] = sum(len(c.ids) for g in out for c in g)
         return out, stats
 
