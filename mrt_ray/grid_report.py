@@ -3,9 +3,10 @@ differences against the baseline (and against each seed's base policy) on the sa
 
 Inputs: per seed, the eval results of "base" and of each method evaluated so far (`mrt_ray.grid`); a seed counts once
 its base and baseline are evaluated, and each method is summarised over the seeds it has. Outputs in the grid dir:
-grid.json (every per-seed value and every estimate), grid.md (the tables) and four plots: paired_vs_base.png (each
-method's change from its seed's base policy in tokens and pass@1, paired, CI bars on both axes: the seeds' base
-policies differ widely, so this is the readable one), pareto_ci.png (held-out accuracy against mean completion tokens,
+grid.json (every per-seed value and every estimate), grid.md (the tables) and five plots: paired_vs_baseline.png (each
+method's change from the baseline on the same seeds, in % tokens and points of pass@1, paired, CI bars on both axes:
+the seeds' base policies differ widely, so the paired plots are the readable ones), paired_vs_base.png (the same
+against each seed's base policy, in tokens), pareto_ci.png (held-out accuracy against mean completion tokens,
 CI bars on both axes), tokens_by_difficulty.png and regret_vs_budget.png.
 """
 from __future__ import annotations
@@ -151,7 +152,8 @@ def markdown(agg: dict, labels: list[str], baseline: str, seeds: list[int]) -> s
         for m in ["base", *labels]:
             lines.append(f"| {m} | " + " | ".join(_pct(s[m]["by_difficulty"].get(d, {}).get("accuracy"))
                                                   for d in diffs) + " |")
-    lines += ["", "![change from the base](paired_vs_base.png) ![accuracy vs tokens](pareto_ci.png) "
+    lines += ["", f"![change from {baseline}](paired_vs_baseline.png) ![change from the base](paired_vs_base.png) "
+              "![accuracy vs tokens](pareto_ci.png) "
               "![tokens by difficulty](tokens_by_difficulty.png) ![regret](regret_vs_budget.png)", ""]
     return "\n".join(lines)
 
@@ -193,6 +195,12 @@ def write_report(cfg: Config, root: Path, labels: list[str], evals: dict[int, di
           _ci(s[m]["tokens_vs_base"])) for m in labels], root / "paired_vs_base.png",
         ("Change from each seed's base policy (paired, 95% CI)", "Δ mean completion tokens", "Δ pass@1 (points)"))
     figs = {"pareto": str(pareto), "paired_vs_base": str(paired)}
+    if vs := [(m, s[m]["vs_baseline"]) for m in labels if m != baseline]:
+        figs["paired_vs_baseline"] = str(plots.plot_pareto(
+            [(m, 100 * v["tokens_rel"].mean, 100 * v["accuracy"].mean, 100 * _ci(v["accuracy"]),
+              100 * _ci(v["tokens_rel"])) for m, v in vs], root / "paired_vs_baseline.png",
+            (f"Change from {baseline} on the same seeds (paired, 95% CI)",
+             f"Δ mean completion tokens vs {baseline} (%)", "Δ pass@1 (points)")))
     if series:
         figs["tokens_by_difficulty"] = str(plots.plot_by_difficulty(
             series, root / "tokens_by_difficulty.png", "mean completion tokens", "Completion tokens by difficulty"))

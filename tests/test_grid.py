@@ -81,7 +81,8 @@ def test_grid_trains_every_member_evaluates_per_seed_and_reports(tmp_path, fakes
     by = mrt["vs_baseline"]["tokens_by_difficulty"]
     assert (by["2"]["mean"], by["6"]["mean"]) == (pytest.approx(-17.5), pytest.approx(-35.0))
     assert "| mrt | -17.5 ± 0.0 | -35.0 ± 0.0 |" in md
-    for png in ("pareto_ci.png", "paired_vs_base.png", "tokens_by_difficulty.png", "regret_vs_budget.png"):
+    for png in ("pareto_ci.png", "paired_vs_base.png", "paired_vs_baseline.png", "tokens_by_difficulty.png",
+                "regret_vs_budget.png"):
         assert (tmp_path / "g" / png).stat().st_size > 1000
     assert out["members"]["mrt/seed0"] == "trained"
 
