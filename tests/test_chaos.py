@@ -2,12 +2,12 @@
 watchdog kills a random inference actor (a rollout worker or an MRT estimator worker) every ~2 s, at most once per
 logged step (under load a restart takes longer than the interval: at a fixed rate the kills outran the run, which
 then failed with a worker that Ray did not restart; with the gate every kill is followed by a finished step). Kills
-go through
-Ray (`ray.kill` without `no_restart`: the process dies at once, mid-task when it is busy, and Ray restarts it), at
-seeded intervals (uniform in 0.5-1.5 x 2 s) onto seeded victims. The run must finish (no hang: it runs in a thread
-with a deadline) and lose or double no sample: every step's metrics equal those of the same run undisturbed, else
-the test names the steps and keys that differ, next to the kill log. The learner side (a learner rank killed mid-run,
-then resumed) is tests/test_reliability.py::test_learner_killed_mid_run_then_resumed_from_the_last_intact_checkpoint.
+go through Ray (`ray.kill` without `no_restart`: the process dies at once, mid-task when it is busy, and Ray restarts
+it), at seeded intervals (uniform in 0.5-1.5 x 2 s) onto seeded victims. The run must finish (no hang: it runs in a
+thread with a deadline) and lose or double no sample: every step's metrics equal those of the same run undisturbed,
+else the test names the steps and keys that differ, next to the kill log. The learner side (a learner rank killed
+mid-run, then resumed) is
+tests/test_reliability.py::test_learner_killed_mid_run_then_resumed_from_the_last_intact_checkpoint.
 """
 from __future__ import annotations
 

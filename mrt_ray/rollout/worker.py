@@ -66,7 +66,7 @@ class RolloutWorker:
         stats: dict = {}
         with timed(stats, "seconds"):
             out = self.engine.generate(requests, self.version)
-            release_freed_memory()  # else glibc keeps what the engine freed, and RSS grows with every call
+        release_freed_memory()  # else glibc keeps what the engine freed, and RSS grows with every call
         stats["tokens"] = sum(len(c.ids) for g in out for c in g)
         return out, stats
 
