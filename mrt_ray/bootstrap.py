@@ -8,6 +8,7 @@ HF format (safetensors), cached under `bootstrap.cache_dir/<config hash>`, deter
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -22,9 +23,10 @@ import torch
 from tqdm import tqdm
 
 from mrt_ray import console
-from mrt_ray.config import BootstrapConfig, Config, TaskConfig
-from mrt_ray.tasks import backtrack
-from mrt_ray.tasks.embedded import make_trace, style_weights, task_problem
+from mrt_ray.config import BootstrapConfig, BudgetConfig, Config, TaskConfig
+from mrt_ray.tasks import Problem, backtrack
+from mrt_ray.tasks.budget import cue_text, draw_budget
+from mrt_ray.tasks.embedded import BUDGET_CUE, BUDGET_MAX_CUE, cued_prompt, make_trace, style_weights, task_problem
 from mrt_ray.utils import atomic_dir, seed_everything
 
 SPECIALS = ["<pad>", "<eos>", "<unk>"]
@@ -70,12 +72,15 @@ def build_model(cfg: BootstrapConfig, vocab_size: int, max_len: int, seed: int):
 def cache_key(cfg: Config) -> str:
     """Hash of everything the base policy depends on (bootstrap settings, task shape, seed, context length)."""
     relevant = {
-        "bootstrap": {k: v for k, v in asdict(cfg.bootstrap).items() if k not in ("cache_dir", "threads", "sft_loss")},
+        "bootstrap": {k: v for k, v in asdict(cfg.bootstrap).items()
+                      if k not in ("cache_dir", "threads", "sft_loss") and not k.startswith("budget_")},
         "task": {k: getattr(cfg.task, k) for k in ("min_terms", "max_terms", "max_operand", "max_value")},
         "seed": cfg.seed,
         "max_model_len": cfg.model.max_model_len,
         "format": 7,  # 2: byte-level char tokenizer; 3: difficulty-dependent mix; 7: estimate, then compute
     }
+    if cfg.bootstrap.budget_share > 0:  # budget cues enter the key only when on: keys without them stay as they were
+        relevant["budget_cues"] = {k: v for k, v in asdict(cfg.bootstrap).items() if k.startswith("budget_")}
     if cfg.task.traces != "r1":  # the other families enter the key only when chosen: r1 keys stay as they were
         relevant["traces"] = {"family": cfg.task.traces, "format": backtrack.FORMAT, "sft_loss": cfg.bootstrap.sft_loss}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
@@ -97,7 +102,7 @@ def sft_batch(tok, task: TaskConfig, bc: BootstrapConfig, seed: int, step: int, 
             p, trace = backtrack.search_example(task, seed, step * batch + i)
             cut = backtrack.suffix_start(trace) if bc.sft_loss == "suffix" else 0
         else:
-            p = task_problem(task, seed, "sft", step * batch + i)
+            p = sft_cued(task_problem(task, seed, "sft", step * batch + i), bc, seed, step * batch + i)
             weights = style_weights(bc.style_weights_easy, bc.style_weights_hard, p.meta["difficulty_frac"])
             if not any(weights.values()):
                 raise ValueError("bootstrap.style_weights_easy/_hard give every trace style weight 0")
@@ -116,6 +121,18 @@ def sft_batch(tok, task: TaskConfig, bc: BootstrapConfig, seed: int, step: int, 
         labels[i, len(a):n] = torch.tensor(b)
         mask[i, :n] = 1
     return ids, labels, mask
+
+
+def sft_cued(p: Problem, bc: BootstrapConfig, seed: int, index: int) -> Problem:
+    """SFT problem `index`, its prompt with an L1 budget cue for a `bc.budget_share` of indices. The budget is drawn
+    as training draws it (`draw_budget`) but says nothing about the trace that follows: the base learns to read a
+    cue, not to follow one."""
+    if bc.budget_share == 0 or random.Random(f"{seed}/sft-cue/{index}").random() >= bc.budget_share:
+        return p
+    cues = BudgetConfig(min_tokens=bc.budget_min_tokens, max_tokens=bc.budget_max_tokens,
+                        max_share=bc.budget_max_share)
+    budget = draw_budget(cues, seed, "sft", index)
+    return dataclasses.replace(p, prompt=cued_prompt(p.prompt, cue_text(budget, BUDGET_CUE, BUDGET_MAX_CUE)))
 
 
 @torch.no_grad()

@@ -77,6 +77,13 @@ def _backtrack_errors(cfg: Config) -> list[str]:
     if cfg.bootstrap.sft_loss == "suffix" and cfg.task.traces != "backtrack":
         errors.append("bootstrap.sft_loss=suffix trains on the attempt after the last backtrack: it needs "
                       "task.traces=backtrack (task=embedded_backtrack)")
+    b = cfg.bootstrap
+    if b.budget_share > 0 and cfg.task.traces != "r1":
+        errors.append(f"bootstrap.budget_share={b.budget_share:g} puts L1 budget cues in the r1 traces' SFT prompts; "
+                      f"task.traces={cfg.task.traces} has none")
+    if b.budget_min_tokens > b.budget_max_tokens:
+        errors.append(f"bootstrap.budget_min_tokens={b.budget_min_tokens} must be <= "
+                      f"bootstrap.budget_max_tokens={b.budget_max_tokens}")
     if cfg.task.traces != "backtrack":
         return errors
     if cfg.task.name != "embedded":

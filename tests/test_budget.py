@@ -8,13 +8,14 @@ import json
 
 import pytest
 
+from mrt_ray.bootstrap import build_tokenizer, cache_key, sft_batch, sft_cued
 from mrt_ray.config import BudgetConfig, ConfigError, load_config
 from mrt_ray.eval.adherence import adherence_row
 from mrt_ray.rewards import get_grader
 from mrt_ray.rewards.score import score
 from mrt_ray.rollout.types import Completion
 from mrt_ray.tasks.budget import Budget, budget_stats, cue_text, draw_budget
-from mrt_ray.tasks.embedded import cued_prompt, make_problem
+from mrt_ray.tasks.embedded import cued_prompt, make_problem, task_problem
 from mrt_ray.tasks.source import PromptSource
 from mrt_ray.trajectory import Trajectory
 from mrt_ray.validation import validate
@@ -141,8 +142,37 @@ def test_adherence_row_hand_computed() -> None:
     (["eval.targets=[16,400]"], "eval.targets=[16, 400] must not exceed rollout.max_new_tokens (192)"),
     (["task.name=file", "task.path=x.jsonl", "algo=l1_exact", "algo.budget.cue=Think briefly."],
      "must both hold {n}"),
+    (["bootstrap.budget_min_tokens=200", "bootstrap.budget_max_tokens=100"], "bootstrap.budget_min_tokens=200 must"),
+    (["task=embedded_backtrack", "bootstrap.budget_share=0.5"], "task.traces=backtrack has none"),
 ])
 def test_budget_config_mistakes(overrides: list[str], expect: str) -> None:
     with pytest.raises(ConfigError) as e:
         validate(load_config(None, overrides))
     assert expect in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bootstrap_budget_cues_take_their_share_and_leave_the_traces_alone() -> None:
+    """bootstrap.budget_share puts a drawn cue into that share of SFT prompts (the budget independent of the trace),
+    never touches the others, and enters the cache key only when on (existing bases keep their keys)."""
+    plain, cued = load_config(None, []), load_config(None, ["bootstrap.budget_share=0.5"])
+    assert cache_key(plain) == cache_key(load_config(None, ["bootstrap.budget_max_tokens=90"]))
+    assert cache_key(cued) != cache_key(plain)
+    assert cache_key(cued) != cache_key(load_config(None, ["bootstrap.budget_share=0.5",
+                                                           "bootstrap.budget_max_share=0"]))
+    prompts = [sft_cued(task_problem(cued.task, 0, "sft", i), cued.bootstrap, 0, i).prompt for i in range(400)]
+    tagged = [p for p in prompts if " [" in p]
+    assert 160 < len(tagged) < 240  # ~half
+    assert 0.3 < sum(" [<" in p for p in tagged) / len(tagged) < 0.7  # half of the cues ask for a maximum
+    for i in range(400):
+        p = task_problem(cued.task, 0, "sft", i)
+        out = sft_cued(p, cued.bootstrap, 0, i)
+        if out.prompt != p.prompt:
+            n = int(out.prompt.split(" [")[1].split("]")[0].lstrip("<"))
+            assert 16 <= n <= 160 and out.prompt.endswith("]\n<think>\n") and out.answer == p.answer
+        assert sft_cued(p, plain.bootstrap, 0, i) == p  # off: untouched
+    tok = build_tokenizer()
+    ids_plain, labels_plain, _ = sft_batch(tok, plain.task, plain.bootstrap, 0, 0, 8)
+    ids_cued, labels_cued, _ = sft_batch(tok, cued.task, cued.bootstrap, 0, 0, 8)
+    learned = [[t for t in row.tolist() if t != -100] for row in labels_plain]
+    assert learned == [[t for t in row.tolist() if t != -100] for row in labels_cued]  # same traces, cue is context
+    assert not ids_cued.equal(ids_plain)

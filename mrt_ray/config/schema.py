@@ -112,6 +112,12 @@ class BootstrapConfig:
     # full: the whole completion; suffix (backtrack traces only): the attempt after the last backtrack line, the
     # rest is context (the MRT reference's sft_suffix)
     sft_loss: str = choice("full", "full", "suffix")  # the completion tokens the SFT loss covers
+    # L1 budget cues in the SFT prompts (r1 traces): this share of prompts carries a cue drawn like algo.budget's,
+    # independent of its trace, so the base reads a cue without following it (its RL must teach that); 0: no cues
+    budget_share: float = frac(0.0)  # share of SFT prompts with a budget cue
+    budget_min_tokens: int = pos(16)  # smallest cue budget
+    budget_max_tokens: int = pos(160)  # largest cue budget (inclusive)
+    budget_max_share: float = frac(0.5)  # share of cues that ask for a maximum (" [<N]") rather than a target
     cache_dir: str = "runs/base"  # the model is cached at <cache_dir>/<config hash>
 
 
