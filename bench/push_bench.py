@@ -8,7 +8,12 @@ the ready gate: packing, checksums, broadcasts) and the push end to end (RPCs, t
 checksums; not the probe). Reported: median [min, max] over rounds; alternation spreads any drift of the machine's
 load over both sides. Also reported per push: the ready gate wait, the probe, and the worker's peak RSS growth.
 
+With several bucket sizes (`--bucket-mib 32,256`), every round runs each size's raw and push blocks in turn (the
+order reversed every other round) on the same actors, the weight group rebuilt for each plan with one untimed push;
+the paired ratio of the sizes' end-to-end push times per round is reported too. 0 is the backend's default.
+
     .venv/bin/python bench/push_bench.py --sizes 3,100,500 --rounds 3 --block 5
+    .venv/bin/python bench/push_bench.py --sizes 100,500 --rounds 4 --block 4 --bucket-mib 32,256
 """
 from __future__ import annotations
 
@@ -68,20 +73,21 @@ def _peak_rss_growth_mib(pid: int, push) -> tuple[dict, float]:
     return stats, (field("VmHWM") - before) / 1024
 
 
-def bench_size(mib: float, args, root: Path) -> dict:
+def bench_size(mib: float, args, root: Path) -> list[dict]:
+    """One result per bucket size of `args.bucket_mib` (see the module doc)."""
     import ray
 
-    from mrt_ray.actors import Placement
+    from mrt_ray.actors import Placement, weight_backend
     from mrt_ray.config import load_config
     from mrt_ray.learner.group import LearnerGroup
     from mrt_ray.rollout.worker import RolloutWorker
+    from mrt_ray.weight_sync.buckets import bucket_bytes, plan_buckets
     from mrt_ray.weight_sync.push import WeightSync
 
     model = build_model(mib, root)
     cfg = load_config(None, [f"model.path={model}", "learner.num_ranks=1", "learner.zero_stage=0",
                              "rollout.num_workers=1", f"rollout.backend={args.backend}", "wandb.mode=disabled",
-                             f"learner.push_bucket_mib={args.bucket_mib}", f"ray.num_cpus={args.ray_cpus}",
-                             f"run.dir={root / 'run'}"])
+                             f"ray.num_cpus={args.ray_cpus}", f"run.dir={root / 'run'}"])
     placement = Placement(cfg, with_estimators=False)
     learners = LearnerGroup(cfg, placement, model, local=True)
     worker = placement.actor(RolloutWorker, "rollout", 0, cfg, model, 0, threads=cfg.rollout.threads)
@@ -89,18 +95,25 @@ def bench_size(mib: float, args, root: Path) -> dict:
         sync = WeightSync(learners, [worker], placement, list(range(3, 60)),
                           cfg.learner.collective_timeout_s, 1e-3, cfg.rollout.startup_timeout_s)
         pid = ray.get(worker.ready.remote())["pid"]
-        sync.push(0)  # warm-up: connections, first reload
-        rounds, version = [], 1
-        for _ in range(args.rounds):
-            raw = raw_broadcast_seconds(bucket_sizes(sync), reps=args.block, threads=cfg.learner.threads)
-            pushes = []
-            for _ in range(args.block):
-                stats, rss = _peak_rss_growth_mib(pid, lambda v=version: sync.push(v))
-                pushes.append({**stats, "worker_peak_rss_growth_mib": rss})
+        backend = weight_backend(placement.roles)
+        plans = [plan_buckets(sync.metas, bucket_bytes(b, backend)) for b in args.bucket_mib]
+        rounds: list[list[dict]] = [[] for _ in plans]  # per bucket size, its rounds
+        version = 0
+        for r in range(args.rounds):
+            for i in (range(len(plans)) if r % 2 == 0 else reversed(range(len(plans)))):
+                sync.plan = plans[i]
+                sync.connect()  # a new weight group carrying this plan
+                sync.push(version)  # untimed: the new group's first transfer
                 version += 1
-            rounds.append({"raw_seconds": raw, "pushes": pushes})
-        return {"mib": sync.bytes / MiB, "buckets": len(sync.plan.buckets), "bucket_mib": sync.plan.max_bucket / MiB,
-                "model": model, "rounds": rounds}
+                raw = raw_broadcast_seconds(bucket_sizes(sync), reps=args.block, threads=cfg.learner.threads)
+                pushes = []
+                for _ in range(args.block):
+                    stats, rss = _peak_rss_growth_mib(pid, lambda v=version: sync.push(v))
+                    pushes.append({**stats, "worker_peak_rss_growth_mib": rss})
+                    version += 1
+                rounds[i].append({"raw_seconds": raw, "pushes": pushes})
+        return [{"mib": sync.bytes / MiB, "buckets": len(p.buckets), "bucket_mib": p.max_bucket / MiB,
+                 "model": model, "rounds": rs} for p, rs in zip(plans, rounds, strict=True)]
     finally:
         for a in learners.actors + [worker]:
             ray.kill(a)
@@ -131,16 +144,33 @@ def report(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired(results: list[dict]) -> str:
+    """Per state-dict size with several bucket sizes: each size's end-to-end push time over the first size's, per
+    round (the sizes ran in the same round, back to back)."""
+    med = statistics.median
+    lines = []
+    for mib in dict.fromkeys(round(r["mib"], 1) for r in results):
+        rs = [r for r in results if round(r["mib"], 1) == mib]
+        for r in rs[1:]:
+            ratio = [med([p["push_seconds"] for p in b["pushes"]]) / med([p["push_seconds"] for p in a["pushes"]])
+                     for a, b in zip(rs[0]["rounds"], r["rounds"], strict=True)]
+            lines.append(f"- {mib} MiB: end to end with {r['bucket_mib']:.0f} MiB buckets / with "
+                         f"{rs[0]['bucket_mib']:.0f} MiB: {spread(ratio)} over {len(ratio)} rounds")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="3,100,500", help="state-dict sizes in MiB, comma-separated")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--block", type=int, default=5, help="raw broadcasts, then pushes, per round")
     ap.add_argument("--backend", default="vllm", choices=("vllm", "hf"))
-    ap.add_argument("--bucket-mib", type=float, default=256.0)
+    ap.add_argument("--bucket-mib", default="0", help="bucket sizes in MiB, comma-separated (0: the backend's "
+                    "default); several are alternated round by round")
     ap.add_argument("--ray-cpus", type=int, default=4)
     ap.add_argument("--out", default="", help="write the raw measurements here as JSON")
     args = ap.parse_args()
+    args.bucket_mib = [float(b) for b in args.bucket_mib.split(",")]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from mrt_ray.actors import init_ray
     from mrt_ray.config import Config
@@ -153,12 +183,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="push-bench-") as tmp:
         for mib in (float(s) for s in args.sizes.split(",")):
             t0 = time.perf_counter()
-            results.append(bench_size(mib, args, Path(tmp)))
+            results.extend(bench_size(mib, args, Path(tmp)))
             load.append(os.getloadavg()[0])
             print(f"{mib:g} MiB done in {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"\n## weight push vs raw gloo broadcast ({args.backend} engine, buckets of {args.bucket_mib:g} MiB, "
-          f"{args.rounds} rounds x {args.block}; ratios: median [min, max] over rounds)\n")
+    print(f"\n## weight push vs raw gloo broadcast ({args.backend} engine, {args.rounds} rounds x {args.block}; "
+          f"ratios: median [min, max] over rounds)\n")
     print(report(results))
+    if len(args.bucket_mib) > 1:
+        print("\nPaired over rounds:\n" + paired(results))
     print(f"\n1-minute load average at the start and after each size (2 cores: > 2 is contention): "
           f"{', '.join(f'{x:.1f}' for x in load)}")
     if args.out:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mrt_ray.weight_sync.buckets import ALIGN, checksum, pack, plan_buckets, state_metas, unpack
+from mrt_ray.weight_sync.buckets import ALIGN, bucket_bytes, checksum, pack, plan_buckets, state_metas, unpack
 from mrt_ray.weight_sync.push import allowed_gap, probe_gap
 
 MiB = 2**20
@@ -44,6 +44,13 @@ def test_plan_never_splits_a_load_group_unless_it_exceeds_the_bucket():
     plan = plan_buckets(big, 8192)  # the "big" group (40 KB) is split tensor by tensor; each tensor travels alone
     assert [[e.name for e in b.entries] for b in plan.buckets] == [["a.b.c"], ["big.x.w"], ["big.x.v"], ["tail.y.z"]]
     assert plan.max_bucket == 20032  # a tensor larger than the bucket gets a bucket of its own size
+
+
+def test_bucket_size_follows_the_backend_unless_set():
+    assert bucket_bytes(0, "gloo") == 32 * 2**20 and bucket_bytes(0, "nccl") == 256 * 2**20
+    assert bucket_bytes(8, "gloo") == bucket_bytes(8, "nccl") == 8 * 2**20
+    with pytest.raises(KeyError):
+        bucket_bytes(0, "mpi")
 
 
 def test_pack_unpack_round_trip_mixed_dtypes_without_copies():

@@ -158,7 +158,7 @@ class LearnerConfig:
     max_bad_steps: int = pos(3)  # NaN/inf steps skipped before the run stops
     collective_timeout_s: float = pos(300.0)
     startup_timeout_s: float = pos(1200.0)  # the ranks' start: model load and the DeepSpeed world
-    push_bucket_mib: float = pos(256.0)  # weight push: bytes per broadcast bucket; receivers hold at most two
+    push_bucket_mib: float = nonneg(0.0)  # weight push: MiB per bucket (receivers hold two); 0: 32 gloo, 256 NCCL
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences of large models)
 
 

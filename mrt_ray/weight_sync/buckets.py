@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+DEFAULT_BUCKET_MIB = {"gloo": 32.0, "nccl": 256.0}  # learner.push_bucket_mib=0 (docs/performance.md section 9)
 ALIGN = 64  # byte alignment of every tensor in a bucket (any dtype's view is legal; bucket sizes stay int32-viewable)
 CHUNK = 2**20  # bytes per checksum chunk: its int64 widening (a 2 MiB temporary) is all the checksum allocates
 
@@ -70,6 +71,11 @@ def state_metas(state: dict[str, torch.Tensor]) -> list[tuple]:
         tied_to = first.setdefault(id(t), name)
         metas.append((name, shape, str(t.dtype).removeprefix("torch."), "" if tied_to == name else tied_to))
     return metas
+
+
+def bucket_bytes(mib: float, backend: str) -> int:
+    """Bytes per bucket: `mib` MiB, or the backend's default when `mib` is 0."""
+    return int((mib or DEFAULT_BUCKET_MIB[backend]) * 2**20)
 
 
 def load_group(name: str) -> str:

@@ -10,14 +10,15 @@ One push = the buckets of a `buckets.Plan`, broadcast in order:
 - **Ready gate.** Each receiver marks itself ready in the group's store (`ready/<push id>/<rank>`) as its receive
   starts; the sender waits for every mark before its first broadcast, so no RPC arrival (a receive queued behind a
   generate) ever sits inside a transfer, and a late receiver is a clear error, not a broadcast timing out.
-- **Sender.** Two send buffers (kept across pushes): bucket k+1 is packed (and bucket k checksummed) while bucket k
-  is on the wire.
+- **Sender.** Two send buffers (kept across pushes): bucket 0 is packed while the receivers get ready (before the
+  gate), bucket k+1 (and bucket k's checksum) while bucket k is on the wire.
 - **Receiver.** A generator of (name, tensor) views that the engine's loader consumes as buckets arrive; bucket k+1
   lands while bucket k is loaded and checksummed, so at most two buckets are alive beyond the model's own weights.
 - **Integrity.** Both sides checksum every bucket (`buckets.checksum`); the controller compares the lists.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -100,23 +101,29 @@ def await_receivers(group: WeightGroup, push_id: int, timeout_s: float) -> None:
 
 def send_stream(group: WeightGroup, plan: Plan, tensors: Iterable[list[torch.Tensor]],
                 push_id: int) -> tuple[list[int], float]:
-    """Rank 0: after the ready gate, pack and broadcast every bucket of `plan` (`tensors`: one list per bucket, in
-    entry order; the iterator may gather them lazily). Returns the per-bucket checksums (one host sync) and the
-    seconds spent waiting at the gate."""
-    t0 = time.perf_counter()
-    await_receivers(group, push_id, group.timeout_s)
-    gate_seconds = time.perf_counter() - t0
+    """Rank 0: pack the first bucket while the receivers get ready, then, after the ready gate, broadcast every
+    bucket of `plan`, packing bucket k+1 while bucket k is on the wire (`tensors`: one list per bucket, in entry
+    order; the iterator may gather them lazily). Returns the per-bucket checksums (one host sync) and the seconds
+    spent waiting at the gate."""
     if len(group.send_buffers) < 2 or group.send_buffers[0].numel() < plan.max_bucket:
         # kept across pushes (2 x the largest bucket on rank 0): refilling warm memory, not faulting in new pages
         group.send_buffers = [torch.empty(plan.max_bucket, dtype=torch.uint8, device=group.device) for _ in "ab"]
+    items = enumerate(zip(plan.buckets, tensors, strict=True))
+    first = next(items, None)
+    if first is not None:
+        pack(first[1][0], first[1][1], group.send_buffers[0][:first[1][0].nbytes])
+    t0 = time.perf_counter()
+    await_receivers(group, push_id, group.timeout_s)
+    gate_seconds = time.perf_counter() - t0
     works: list = [None, None]
     sums = []
-    for k, (bucket, ts) in enumerate(zip(plan.buckets, tensors, strict=True)):
+    for k, (bucket, ts) in itertools.chain([first] if first is not None else [], items):
         slot = k % 2
         if works[slot] is not None:
             works[slot].wait()  # the buffer's previous bucket has left
         buf = group.send_buffers[slot][:bucket.nbytes]
-        pack(bucket, ts, buf)
+        if k:  # bucket 0 was packed before the gate
+            pack(bucket, ts, buf)
         works[slot] = _broadcast(group, buf)
         sums.append(checksum(buf))  # reads the buffer while it is on the wire
     for w in works:

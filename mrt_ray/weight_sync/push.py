@@ -23,7 +23,7 @@ import ray
 
 from mrt_ray.actors import Placement, wait_ready, weight_backend
 from mrt_ray.learner.group import LearnerGroup
-from mrt_ray.weight_sync.buckets import plan_buckets
+from mrt_ray.weight_sync.buckets import bucket_bytes, plan_buckets
 from mrt_ray.weight_sync.group import verify_checksums
 
 log = logging.getLogger("mrt_ray")
@@ -51,7 +51,8 @@ class WeightSync:
         self.startup_timeout_s = startup_timeout_s
         self.zero3 = learners.cfg.learner.zero_stage == 3
         self.metas = ray.get(learners.actors[0].weight_metas.remote())
-        self.plan = plan_buckets(self.metas, int(learners.cfg.learner.push_bucket_mib * 2**20))
+        self.plan = plan_buckets(self.metas, bucket_bytes(learners.cfg.learner.push_bucket_mib,
+                                                          weight_backend(placement.roles)))
         self.bytes = sum(e.nbytes for b in self.plan.buckets for e in b.entries)  # tensor bytes per push
         self.version: int | None = None  # the policy version every worker holds (set by push)
         self.restarts = 0  # workers found restarted (a new process) and re-joined
