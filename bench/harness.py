@@ -92,6 +92,20 @@ class MrtSession:
         t.tracker.close()
 
 
+def actor_pids(trainer) -> dict[str, int]:
+    """{"learner 0": pid, ..., "rollout 0": pid, "estimator 0": pid, "driver": pid} of a Trainer with its actors up.
+    Asks each worker for its process id: call it between steps (sync mode), when every actor is idle."""
+    import os
+
+    import ray
+
+    pids = {f"learner {r}": pid for r, pid in enumerate(trainer.learners.call("pid"))}
+    for role, actors in (("rollout", trainer.workers), ("estimator", trainer.estimator_workers)):
+        for i, info in enumerate(ray.get([w.ready.remote() for w in actors])):
+            pids[f"{role} {i}"] = info["pid"]
+    return {**pids, "driver": os.getpid()}
+
+
 def read_metrics(path: Path) -> list[dict]:
     """Training-step rows of a metrics.jsonl (step >= 0; the -1 row is the initial evaluation)."""
     rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]

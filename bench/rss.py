@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import psutil
 import ray
+from harness import actor_pids
 
 from mrt_ray.trainer import Trainer
 
@@ -30,18 +30,10 @@ class RSSTrainer(Trainer):
 
     rss: list[dict]
 
-    def _pids(self) -> dict[str, int]:
-        pids = {f"learner {r}": pid for r, pid in enumerate(self.learners.call("pid"))}
-        workers = [("rollout", self.workers), ("estimator", self.estimator_workers)]
-        for role, actors in workers:
-            for i, info in enumerate(ray.get([w.ready.remote() for w in actors])):
-                pids[f"{role} {i}"] = info["pid"]
-        return {**pids, "driver": os.getpid()}
-
     def step(self, step: int, pending: tuple | None = None) -> dict:
         m = super().step(step, pending)
         row = {"step": step}
-        for name, pid in self._pids().items():
+        for name, pid in actor_pids(self).items():
             try:
                 row[name] = psutil.Process(pid).memory_info().rss / 2**20
             except psutil.NoSuchProcess:  # restarted between the two calls: sampled at the next step

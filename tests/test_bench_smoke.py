@@ -31,16 +31,18 @@ def test_phase_summary_and_table():
 
 @pytest.mark.usefixtures("ray_session")
 def test_session_two_steps_and_raw_broadcast(small_cfg):
-    from harness import PHASES, MrtSession, read_metrics
+    from harness import PHASES, MrtSession, actor_pids, read_metrics
     from raw_broadcast import bucket_sizes, raw_broadcast_seconds
 
     session = MrtSession(small_cfg("wandb.log_samples_every=0"))
     try:
         rows = session.steps(1) + session.steps(1)
+        pids = actor_pids(session.trainer)
         sizes, nbytes = bucket_sizes(session.trainer.sync), session.trainer.sync.bytes
     finally:
         session.close()
     assert [r["step"] for r in rows] == [0, 1]
+    assert {"learner 0", "rollout 0", "driver"} <= set(pids) and all(p > 0 for p in pids.values())
     assert rows == read_metrics(session.metrics_path)  # what the bench reports is what the run logged
     for r in rows:
         assert r["policy_version"] == r["step"] + 1
@@ -63,3 +65,20 @@ def test_trl_prompts_follow_mrt_steps(small_cfg, tmp_path):
     expected = [{"prompt": p.prompt, "answer": p.answer} for s in (0, 1) for p in source.batch(s)]
     assert spec["rows"] == expected and len(expected) == 2 * cfg.train.prompts_per_step
     assert (spec["n_samples"], spec["max_new_tokens"], spec["prompts_per_step"]) == (4, 48, 4)
+
+
+def test_cost_growth_table_and_plot(tmp_path):
+    """bench/cost_growth.py's report from hand-made sessions: medians over rounds, one column per actor, a PNG."""
+    from cost_growth import MNT, PS, plot, table, workloads
+
+    labels = [w[0] for w in workloads()]
+    assert len(labels) == len(PS) + len(MNT) - 1 and "16x8" in labels  # 16 x 8 at 64 tokens is shared
+    results = [{"label": label, "summary": {"step_seconds": 1.0 + i + r, "generate_seconds": 0.5 + i,
+                                            "learn_seconds_wall": 0.4, "push_seconds": 0.1, "tokens_mean": 40.0},
+                "peak_rss_mib": {"learner 0": 100.0 + r, "rollout 0": 200.0}}
+               for r in (0, 2) for i, label in enumerate(labels)]
+    out = table(results).splitlines()
+    assert out[0].startswith("| workload | step s |") and "peak RSS learner 0 MiB" in out[0]
+    assert out[2] == "| 4x4 | 2 | 0.5 | 0.4 | 0.1 | 40 | 101 | 200 | 2 |"  # step: median of 1 and 3
+    plot(results, str(tmp_path / "cost.png"))
+    assert (tmp_path / "cost.png").read_bytes()[:4] == b"\x89PNG"
