@@ -3,11 +3,12 @@ differences against the baseline (and against each seed's base policy) on the sa
 
 Inputs: per seed, the eval results of "base" and of each method evaluated so far (`mrt_ray.grid`); a seed counts once
 its base and baseline are evaluated, and each method is summarised over the seeds it has. Outputs in the grid dir:
-grid.json (every per-seed value and every estimate), grid.md (the tables) and five plots: paired_vs_baseline.png (each
+grid.json (every per-seed value and every estimate), grid.md (the tables) and the plots: paired_vs_baseline.png (each
 method's change from the baseline on the same seeds, in % tokens and points of pass@1, paired, CI bars on both axes:
 the seeds' base policies differ widely, so the paired plots are the readable ones), paired_vs_base.png (the same
 against each seed's base policy, in tokens), pareto_ci.png (held-out accuracy against mean completion tokens,
-CI bars on both axes), tokens_by_difficulty.png and regret_vs_budget.png.
+CI bars on both axes), tokens_by_difficulty.png and regret_vs_budget.png; with eval.targets, the budget-adherence
+table over seeds and used_vs_target.png.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from mrt_ray.config import Config
 from mrt_ray.eval import plots
+from mrt_ray.eval.adherence import over_seeds
 from mrt_ray.eval.metrics import tokens_to_reach
 from mrt_ray.stats import Estimate, mean_ci, paired_difference
 
@@ -152,6 +154,15 @@ def markdown(agg: dict, labels: list[str], baseline: str, seeds: list[int]) -> s
         for m in ["base", *labels]:
             lines.append(f"| {m} | " + " | ".join(_pct(s[m]["by_difficulty"].get(d, {}).get("accuracy"))
                                                   for d in diffs) + " |")
+    if adh := agg.get("adherence"):
+        lines += ["", "Budget adherence (eval.targets: the target in the prompt): tokens used, mean |used − target| "
+                  "and pass@1 at each target, mean ± 95% CI over seeds", "",
+                  "| model | target | seeds | tokens used | mean abs error | share over target | pass@1 % |",
+                  "|---|---|---|---|---|---|---|"]
+        for m, rows in adh.items():
+            lines += [f"| {m} | {t} | {r['used_mean'].n} | {_num(r['used_mean'])} | {_num(r['abs_error_mean'])} | "
+                      f"{_pct(r['over_share'], '.0f')} | {_pct(r['accuracy'])} |" for t, r in rows.items()]
+        lines += ["", "![used against target](used_vs_target.png)"]
     lines += ["", f"![change from {baseline}](paired_vs_baseline.png) ![change from the base](paired_vs_base.png) "
               "![accuracy vs tokens](pareto_ci.png) "
               "![tokens by difficulty](tokens_by_difficulty.png) ![regret](regret_vs_budget.png)", ""]
@@ -185,6 +196,7 @@ def write_report(cfg: Config, root: Path, labels: list[str], evals: dict[int, di
     agg = aggregate(evals, labels, baseline)
     s = agg["summary"]
     models = ["base", *labels]
+    agg["adherence"] = over_seeds(evals, models)
     pareto = plots.plot_pareto([(m, s[m]["tokens"].mean, s[m]["accuracy"].mean, _ci(s[m]["accuracy"]),
                                  _ci(s[m]["tokens"])) for m in models], root / "pareto_ci.png")
     series = {m: [(d, r["tokens_mean"].mean, _ci(r["tokens_mean"])) for d, r in s[m]["by_difficulty"].items()
@@ -206,6 +218,10 @@ def write_report(cfg: Config, root: Path, labels: list[str], evals: dict[int, di
             series, root / "tokens_by_difficulty.png", "mean completion tokens", "Completion tokens by difficulty"))
     figs["regret_vs_budget"] = str(plots.plot_regret_vs_budget(
         {m: [(b, s[m]["regret"][b].mean) for b in agg["budgets"]] for m in models}, root / "regret_vs_budget.png"))
+    if adh := agg["adherence"]:
+        figs["used_vs_target"] = str(plots.plot_used_vs_target(
+            {m: [(t, r["used_mean"].mean, _ci(r["used_mean"])) for t, r in rows.items()] for m, rows in adh.items()},
+            root / "used_vs_target.png"))
     (root / "grid.md").write_text(markdown(agg, labels, baseline, sorted(evals)))
     (root / "grid.json").write_text(json.dumps(_jsonable({**agg, "plots": figs}), indent=2))
     return {"grid_md": str(root / "grid.md"), "grid_json": str(root / "grid.json"), "plots": figs}

@@ -26,6 +26,9 @@ def fake_eval_json(models, seed):
             "by_difficulty": [{"difficulty": 2, "tokens_mean": TOKENS[label] / 2, "accuracy": a},
                               {"difficulty": 6, "tokens_mean": TOKENS[label], "accuracy": a - 0.2}],
         }
+        if label == "mrt":  # the adherence rows of an eval with eval.targets=[32,64]
+            out[label]["budget_adherence"] = [{"target": t, "used_mean": t + seed, "abs_error_mean": seed + 1.0,
+                                               "over_share": 0.5, "accuracy": a} for t in (32, 64)]
     return {"models": out}
 
 
@@ -81,8 +84,12 @@ def test_grid_trains_every_member_evaluates_per_seed_and_reports(tmp_path, fakes
     by = mrt["vs_baseline"]["tokens_by_difficulty"]
     assert (by["2"]["mean"], by["6"]["mean"]) == (pytest.approx(-17.5), pytest.approx(-35.0))
     assert "| mrt | -17.5 ± 0.0 | -35.0 ± 0.0 |" in md
+    # budget adherence over seeds, for the models that have it: used 32 + seed -> 33.0 ± 2.5; |error| seed + 1
+    assert "| mrt | 32 | 3 | 33.0 ± 2.5 | 2.0 ± 2.5 | 50 ± 0 | 71.0 ± 2.5 |" in md
+    assert "| mrt | 64 | 3 | 65.0 ± 2.5 |" in md and "| grpo | 32 |" not in md
+    assert grid["adherence"]["mrt"]["64"]["used_mean"]["mean"] == pytest.approx(65.0)
     for png in ("pareto_ci.png", "paired_vs_base.png", "paired_vs_baseline.png", "tokens_by_difficulty.png",
-                "regret_vs_budget.png"):
+                "regret_vs_budget.png", "used_vs_target.png"):
         assert (tmp_path / "g" / png).stat().st_size > 1000
     assert out["members"]["mrt/seed0"] == "trained"
 

@@ -22,3 +22,18 @@ def adherence_row(target: int, correct: Sequence[Sequence[bool]], used: Sequence
     return {"target": target, "accuracy": acc, "accuracy_se": 0.0 if math.isnan(se) else se, "used_mean": mean,
             "used_se": used_se, "abs_error_mean": abs_err, "rel_error_mean": abs_err / target,
             "over_share": sum(n > target for n in flat) / len(flat)}
+
+
+def over_seeds(evals: dict[int, dict], models: list[str]) -> dict[str, dict[int, dict]]:
+    """Per model with adherence rows, per target: the mean over seeds (95% t interval) of the tokens used, the mean
+    |used - target|, the share over the target and pass@1 (`evals`: seed -> {"models": {model: eval results}})."""
+    from mrt_ray.stats import mean_ci
+
+    out: dict[str, dict[int, dict]] = {}
+    for m in models:
+        rows = [r for ev in evals.values() for r in ev["models"].get(m, {}).get("budget_adherence") or []]
+        for t in sorted({r["target"] for r in rows}):
+            at = [r for r in rows if r["target"] == t]
+            out.setdefault(m, {})[t] = {k: mean_ci([r[k] for r in at])
+                                        for k in ("used_mean", "abs_error_mean", "over_share", "accuracy")}
+    return out
