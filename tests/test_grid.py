@@ -151,6 +151,22 @@ def _script(name: str):
     return mod
 
 
+def test_paired_plot_joins_grids_each_against_its_own_baseline(tmp_path, fakes, capsys, monkeypatch) -> None:
+    """scripts/paired_plot.py: the methods of two grid reports, labelled by grid, in one paired plot."""
+    import sys
+
+    calls, train, evaluate = fakes
+    ov = grid_overrides(tmp_path)
+    run_grid(load_config(None, ov), None, ov, train, evaluate)
+    grid = tmp_path / "g" / "grid.json"
+    monkeypatch.setattr(sys, "argv", ["paired_plot.py", str(grid), f"{grid}:cued", "--out", str(tmp_path / "p.png")])
+    _script("paired_plot").main()
+    out = capsys.readouterr().out
+    assert "| mrt | " in out and "| mrt (cued) | " in out and "| grpo" not in out  # the baseline is the origin
+    assert "+10.0 ± 0.0 |" in out  # mrt - grpo: +10 points on every seed
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
 def test_grid_summaries_from_training_runs_alone(tmp_path, capsys, monkeypatch) -> None:
     """scripts/grid_summaries.py: seed statistics from the members' summary.json and first metrics row (the base)."""
     import sys
