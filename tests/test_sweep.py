@@ -163,6 +163,10 @@ def test_sweep_refuses_a_member_trained_with_other_settings(make_cfg):
     with pytest.raises(ConfigError, match=r"alpha_0.1/config.yaml was trained with other settings \(train.steps: "
                                           r"3 there, 5 now\)"):
         sweep.run_sweep(make_cfg("sweep.alphas=[0.1]", "train.steps=5"), FakeTrain())
+    again = FakeTrain()  # how the weights travel and how long to wait are not what a member trains: reused
+    sweep.run_sweep(make_cfg("sweep.alphas=[0.1]", "learner.push_bucket_mib=8", "learner.collective_timeout_s=60"),
+                    again)
+    assert again.calls == []
 
 
 @pytest.mark.parametrize("overrides, match", [
