@@ -77,12 +77,14 @@ def plot(results: list[dict], path: str) -> None:
     med = statistics.median
 
     def points(labels: list[str], x: list[float]) -> tuple[list[float], dict[str, list[float]]]:
-        ys = {k: [] for k in ("step_seconds", "generate_seconds", "learn_seconds_wall")}
-        for label in labels:
-            rs = [r for r in results if r["label"] == label]
-            for k in ys:
-                ys[k].append(med(r["summary"].get(k, float("nan")) for r in rs))
-        return x, ys
+        """The panel's x values and median seconds per phase, over the workloads that ran (`--only` may skip some)."""
+        xs, ys = [], {k: [] for k in ("step_seconds", "generate_seconds", "learn_seconds_wall")}
+        for label, xv in zip(labels, x, strict=True):
+            if rs := [r for r in results if r["label"] == label]:
+                xs.append(xv)
+                for k in ys:
+                    ys[k].append(med(r["summary"].get(k, float("nan")) for r in rs))
+        return xs, ys
 
     fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)

@@ -82,3 +82,5 @@ def test_cost_growth_table_and_plot(tmp_path):
     assert out[2] == "| 4x4 | 2 | 0.5 | 0.4 | 0.1 | 40 | 101 | 200 | 2 |"  # step: median of 1 and 3
     plot(results, str(tmp_path / "cost.png"))
     assert (tmp_path / "cost.png").read_bytes()[:4] == b"\x89PNG"
+    plot([r for r in results if r["label"] == "4x4"], str(tmp_path / "one.png"))  # --only: the points that ran
+    assert (tmp_path / "one.png").stat().st_size > 1000
