@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 
 from mrt_ray.eval.metrics import mean_se, pass_at_1
+from mrt_ray.stats import mean_ci
 
 
 def adherence_row(target: int, correct: Sequence[Sequence[bool]], used: Sequence[Sequence[int]]) -> dict:
@@ -27,8 +28,6 @@ def adherence_row(target: int, correct: Sequence[Sequence[bool]], used: Sequence
 def over_seeds(evals: dict[int, dict], models: list[str]) -> dict[str, dict[int, dict]]:
     """Per model with adherence rows, per target: the mean over seeds (95% t interval) of the tokens used, the mean
     |used - target|, the share over the target and pass@1 (`evals`: seed -> {"models": {model: eval results}})."""
-    from mrt_ray.stats import mean_ci
-
     out: dict[str, dict[int, dict]] = {}
     for m in models:
         rows = [r for ev in evals.values() for r in ev["models"].get(m, {}).get("budget_adherence") or []]
