@@ -55,6 +55,27 @@ def small_cfg(tmp_path, tiny_model):
     return make
 
 
+WANDB_FAKE_KEY = "fake-wandb-key-0123456789abcdef"  # WANDB_API_KEY of grpo_run's process; must never reach W&B
+
+
+@pytest.fixture(scope="session")
+def grpo_run(tiny_model, tmp_path_factory, ray_session):
+    """One default GRPO run of 2 steps, shared by the tests that read what it leaves (metrics, checkpoint, W&B
+    offline files): W&B offline with a sample table every step, a fake W&B key in the environment and pasted into
+    a config value. Returns its config and summary."""
+    from mrt_ray.config import load_config
+    from mrt_ray.trainer import Trainer
+
+    run_dir = tmp_path_factory.mktemp("grpo_run") / "run"
+    cfg = load_config(None, [f"model.path={tiny_model}", f"run.dir={run_dir}", *SMALL, "wandb.mode=offline",
+                             "wandb.log_samples_every=1", "wandb.project=mrt-test",
+                             f"task.system_prompt=pasted-{WANDB_FAKE_KEY}"])  # unused by the embedded task
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_API_KEY", WANDB_FAKE_KEY)
+        summary = Trainer(cfg).run()
+    return cfg, summary
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

@@ -29,6 +29,7 @@ def test_phase_summary_and_table():
         "| a | b |\n|---|---|\n| x | 0.123 |\n| 2 | n/a |")
 
 
+@pytest.mark.slow  # a developer's tool: runs with `pytest tests` (and before any benchmark), not in CI
 @pytest.mark.usefixtures("ray_session")
 def test_session_two_steps_and_raw_broadcast(small_cfg):
     from harness import PHASES, MrtSession, actor_pids, read_metrics
@@ -65,6 +66,12 @@ def test_trl_prompts_follow_mrt_steps(small_cfg, tmp_path):
     expected = [{"prompt": p.prompt, "answer": p.answer} for s in (0, 1) for p in source.batch(s)]
     assert spec["rows"] == expected and len(expected) == 2 * cfg.train.prompts_per_step
     assert (spec["n_samples"], spec["max_new_tokens"], spec["prompts_per_step"]) == (4, 48, 4)
+    # TRL's reward grades with the run's own grader (task.grader and its settings), built from the spec alone
+    from mrt_ray.rewards import get_grader
+
+    assert spec["grader"][0] == cfg.task.grader == "exact"
+    grader = get_grader(*spec["grader"])
+    assert grader.many([f"#### {expected[0]['answer']}", "#### x"], [expected[0]["answer"]] * 2) == [True, False]
 
 
 def test_cost_growth_table_and_plot(tmp_path):

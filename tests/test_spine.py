@@ -10,11 +10,8 @@ import torch
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.stack]
 
 
-def test_two_step_training_run(small_cfg):
-    from mrt_ray.trainer import Trainer
-
-    cfg = small_cfg()
-    summary = Trainer(cfg).run()
+def test_two_step_training_run(grpo_run):
+    cfg, summary = grpo_run
     run = Path(cfg.run.dir)
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["step"] in (0, 1)]
@@ -155,7 +152,8 @@ def tiny_tied_model(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("backend,tied", [("vllm", False), ("hf", False), ("vllm", True)])
+@pytest.mark.parametrize("backend,tied", [("vllm", False), pytest.param("hf", False, marks=pytest.mark.slow),
+                                          ("vllm", True)])  # CI: vLLM, untied and tied
 def test_push_reaches_rollout_worker(small_cfg, tiny_model, tiny_tied_model, backend, tied):
     """After an update and a push, the rollout worker's log-probs (vLLM or HF engine) equal the learner's; before the
     push they differ and the probe rejects the stale engine. ZeRO-3, small buckets: every bucket is gathered on both
@@ -213,7 +211,8 @@ def test_reload_log_filter_drops_only_the_rotary_cache_line():
     assert f.filter(record("%s: Failed to load weights", "QKVParallelLinear"))
 
 
-@pytest.mark.parametrize("algo", ["mrt:bonus", "mrt:termination_baseline", "star:bonus"])
+@pytest.mark.parametrize("algo", ["mrt:bonus", pytest.param("mrt:termination_baseline", marks=pytest.mark.slow),
+                                  "star:bonus"])  # CI: MRT and MRT-STaR (the two MRT forms differ in the reward only)
 def test_mrt_two_steps(small_cfg, algo):
     """MRT (both forms) and MRT-STaR through the real stack: estimator pool workers receive pushes too; progress
     telemetry is logged."""

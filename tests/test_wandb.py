@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import WANDB_FAKE_KEY
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.stack]
 
-FAKE_KEY = "fake-wandb-key-0123456789abcdef"  # set as WANDB_API_KEY; must never reach W&B
 SAMPLE_COLUMNS = ["prompt", "completion", "reward", "length", "episodes", "progress", "trace"]
 
 
@@ -36,20 +36,15 @@ def _history_by_step(records: list[dict]) -> dict[int, dict]:
     return out
 
 
-def test_offline_run_reads_back(small_cfg, tiny_model, monkeypatch):
-    from mrt_ray.trainer import Trainer
-
-    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
-    cfg = small_cfg("wandb.mode=offline", "wandb.log_samples_every=1", "wandb.project=mrt-test",
-                    f"task.system_prompt=pasted-{FAKE_KEY}")  # unused by the embedded task
-    Trainer(cfg).run()
+def test_offline_run_reads_back(grpo_run, tiny_model):
+    cfg, _ = grpo_run  # W&B offline, samples every step, WANDB_API_KEY=WANDB_FAKE_KEY, also pasted in a config value
     run_dir = Path(cfg.run.dir)
     offline = sorted((run_dir / "wandb_files" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, offline
 
     raw = _inspect(offline[0])
     records = [json.loads(ln) for ln in raw.splitlines() if ln.strip()]
-    assert FAKE_KEY not in raw  # not in the config, nor in any other record (console output included)
+    assert WANDB_FAKE_KEY not in raw  # not in the config, nor in any other record (console output included)
 
     # every row of metrics.jsonl (step -1: evaluation before training; 2: final evaluation) is in W&B, value for value
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
