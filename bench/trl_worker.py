@@ -1,11 +1,12 @@
 """TRL's side of bench/vs_trl.py: GRPOTrainer on the workload the parent describes, stepped in blocks on command.
 
-Runs in .venv-bench (bench/setup_trl.sh) with the repo root on PYTHONPATH (for the embedded task's grader only):
+Runs in .venv-bench (bench/setup_trl.sh) with the repo root on PYTHONPATH (for mrt-ray's grader only):
 
     .venv-bench/bin/python bench/trl_worker.py SPEC.json
 
 SPEC.json: model (HF dir), rows ([{prompt, answer}], in step order: prompts_per_step rows per step), prompts_per_step,
-n_samples, max_new_tokens, temperature, top_p, lr, betas, grad_clip, seed, threads, output_dir.
+n_samples, max_new_tokens, temperature, top_p, lr, betas, grad_clip, seed, threads, output_dir, grader (mrt-ray's
+`task.grader`, `task.answer_marker`, `task.grader_timeout`, `task.dataset`, as a list).
 
 Protocol (stdout lines starting with "BENCH ", everything else is TRL's own output):
   BENCH {"ready": ...versions...}         then the worker reads a command line from stdin
@@ -49,13 +50,14 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from mrt_ray.tasks.embedded import grade  # the exact grader mrt-ray uses (task.grader=exact)
+    from mrt_ray.rewards.grading import get_grader  # the grader mrt-ray's run uses (task.grader)
 
     torch.set_num_threads(spec["threads"])
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     eos = tok.eos_token_id
+    grader = get_grader(*spec["grader"])
     phase: dict[str, float] = {}
     last: dict[str, float] = {}
 
@@ -70,8 +72,8 @@ def main() -> None:
 
     def outcome(prompts, completions, completion_ids, answer, **_):
         """1 for a finished (ended with EOS) completion whose answer is right, else 0: mrt-ray's outcome reward."""
-        out = [1.0 if ids and ids[-1] == eos and grade(c, a) else 0.0
-               for c, ids, a in zip(completions, completion_ids, answer)]
+        right = grader.many(completions, answer)
+        out = [1.0 if ids and ids[-1] == eos and ok else 0.0 for ids, ok in zip(completion_ids, right)]
         last.update(accuracy=sum(out) / len(out), tokens_mean=sum(map(len, completion_ids)) / len(completion_ids),
                     truncation=sum(not ids or ids[-1] != eos for ids in completion_ids) / len(completion_ids))
         return out

@@ -5,8 +5,9 @@ length-penalty step time over GRPO's, and throughput with 1, 2, 4 rollout worker
     .venv/bin/python bench/vs_trl.py [--rounds 4] [--block 2] [--warmup 1] [--variant-steps 3] \\
         [--workers 1,2,4] [--trl-threads 2] [--trl-python .venv-bench/bin/python] [key=value ...]
 
-Same model (the embedded base model directory), prompts (step k gets the same 16 prompts on both sides), reward (the
-exact grader: 1 for a finished, correct completion), batch shape (16 prompts x 8 samples, <= 64 new tokens), fp32,
+Same model (the embedded base model directory, or a preset's: `model=smollm2 task=chain_sum`), prompts (step k gets
+the same prompts on both sides, rendered as the task renders them), reward (the run's grader, `task.grader`: 1 for a
+finished, correct completion), batch shape (default 16 prompts x 8 samples, <= 64 new tokens), fp32,
 temperature 1.0, no reference model (kl 0), no gradient checkpointing, same optimizer settings. mrt-ray runs
 in-process (its default layout: 1 vLLM rollout worker + 2 DeepSpeed ZeRO-2 learners on local Ray), TRL as a
 subprocess in .venv-bench (bench/trl_worker.py). After `warmup` untimed steps each, the two alternate in blocks of
@@ -88,7 +89,8 @@ def trl_spec(cfg, model: str, n_steps: int, threads: int, out_dir: Path) -> dict
             "n_samples": cfg.rollout.n_samples, "max_new_tokens": cfg.rollout.max_new_tokens,
             "temperature": cfg.rollout.temperature, "top_p": cfg.rollout.top_p, "lr": cfg.learner.lr,
             "betas": list(cfg.learner.betas), "grad_clip": cfg.learner.grad_clip, "seed": cfg.seed,
-            "threads": threads, "output_dir": str(out_dir / "trl")}
+            "threads": threads, "output_dir": str(out_dir / "trl"),
+            "grader": [cfg.task.grader, cfg.task.answer_marker, cfg.task.grader_timeout, cfg.task.dataset]}
 
 
 def alternate(mrt: MrtSession, trl: TrlProcess, rounds: int, block: int) -> tuple[list[list[dict]], list[list[dict]]]:
