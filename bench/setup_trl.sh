@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv-bench
-want="trl==1.16.0 torch==2.13.0 math-verify==0.9.0 pebble==5.2.3"
+want="trl==1.16.0 torch==2.13.0 math-verify==0.9.0 pebble==5.2.3 omegaconf==2.4.0"
 stamp="$venv/.bench-installed"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -22,9 +22,9 @@ if ! ls "${PIP_FIND_LINKS:-/nonexistent}"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1
 fi
 "${pip[@]}" install -q "${index[@]}" "torch==2.13.0"
 "${pip[@]}" install -q "${index[@]}" "trl==1.16.0"
-# the real-data grader (task.grader=math), so the TRL side scores SmolLM2's answers as mrt-ray does
-"${pip[@]}" install -q "math-verify==0.9.0" "pebble==5.2.3"
-"$venv/bin/python" -c "import trl, transformers, torch; print('trl', trl.__version__, 'transformers', \
+# mrt-ray's grader and what it imports (task.grader=math), so the TRL side scores answers as mrt-ray does
+"${pip[@]}" install -q "math-verify==0.9.0" "pebble==5.2.3" "omegaconf==2.4.0"
+PYTHONPATH=. "$venv/bin/python" -c "import trl, transformers, torch, mrt_ray.rewards.grading; print('trl', trl.__version__, 'transformers', \
 transformers.__version__, 'torch', torch.__version__)"
 echo "setup_trl: $(( $(date +%s) - t0 )) s, venv $(du -sh "$venv" | cut -f1)"
 echo "$want" > "$stamp"
