@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from harness import MrtSession, bench_config, markdown_table, phase_summary
+from harness import MrtSession, actor_pids, bench_config, markdown_table, phase_summary
 
 # The task preset of issue 14 and a small step: 8 prompts x 4 samples, <= 128 new tokens, 1 learner rank.
 WORKLOAD = (
@@ -35,15 +35,6 @@ def peak_rss_gib(pid: int) -> float:
     return float("nan")
 
 
-def actor_pids(session: MrtSession) -> dict[str, int]:
-    import ray
-
-    t = session.trainer
-    pids = {f"rollout{i}": ray.get(w.ready.remote())["pid"] for i, w in enumerate(t.workers)}
-    pids.update({f"learner{i}": pid for i, pid in enumerate(t.learners.call("pid"))})
-    return pids
-
-
 def run_variant(dtype: str, threads: int, steps: int, warmup: int, overrides: list[str]) -> dict:
     cfg = bench_config(f"smollm2-{dtype}-t{threads}", [*WORKLOAD, f"model.dtype={dtype}", f"rollout.threads={threads}",
                                                       f"learner.threads={threads}", *overrides])
@@ -53,7 +44,7 @@ def run_variant(dtype: str, threads: int, steps: int, warmup: int, overrides: li
         start = time.perf_counter() - t0
         session.steps(warmup)
         rows = session.steps(steps)
-        rss = {name: peak_rss_gib(pid) for name, pid in actor_pids(session).items()}
+        rss = {name: peak_rss_gib(pid) for name, pid in actor_pids(session.trainer).items() if name != "driver"}
     finally:
         session.close()
     return {"dtype": dtype, "threads": threads, "start_s": start, "rss": rss, **phase_summary(rows)}

@@ -81,9 +81,10 @@ class TrlProcess:
 
 def trl_spec(cfg, model: str, n_steps: int, threads: int, out_dir: Path) -> dict:
     """The TRL run matching `cfg`: the prompts mrt-ray's PromptSource gives steps 0..n_steps-1, in order."""
+    from mrt_ray.models import load_tokenizer
     from mrt_ray.tasks.source import PromptSource
 
-    source = PromptSource(cfg)
+    source = PromptSource(cfg, load_tokenizer(model, cfg.model))  # as the Trainer builds it (chat template, limits)
     rows = [{"prompt": p.prompt, "answer": p.answer} for s in range(n_steps) for p in source.batch(s)]
     return {"model": model, "rows": rows, "prompts_per_step": cfg.train.prompts_per_step,
             "n_samples": cfg.rollout.n_samples, "max_new_tokens": cfg.rollout.max_new_tokens,

@@ -58,11 +58,12 @@ def test_trl_prompts_follow_mrt_steps(small_cfg, tmp_path):
     """TRL's dataset lists mrt-ray's prompts for steps 0, 1, ... in order (TRL runs with shuffle_dataset=False)."""
     from vs_trl import trl_spec
 
+    from mrt_ray.models import load_tokenizer
     from mrt_ray.tasks.source import PromptSource
 
     cfg = small_cfg()
-    spec = trl_spec(cfg, "MODEL", n_steps=2, threads=1, out_dir=tmp_path)
-    source = PromptSource(cfg)
+    spec = trl_spec(cfg, cfg.model.path, n_steps=2, threads=1, out_dir=tmp_path)
+    source = PromptSource(cfg, load_tokenizer(cfg.model.path, cfg.model))
     expected = [{"prompt": p.prompt, "answer": p.answer} for s in (0, 1) for p in source.batch(s)]
     assert spec["rows"] == expected and len(expected) == 2 * cfg.train.prompts_per_step
     assert (spec["n_samples"], spec["max_new_tokens"], spec["prompts_per_step"]) == (4, 48, 4)
