@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-pytestmark = pytest.mark.stack
+pytestmark = [pytest.mark.stack, pytest.mark.slow]  # a soak test (~100 s): `pytest tests` runs it, CI does not
 ROUNDS, WARMUP = 40, 25  # RSS rises for ~15 rounds as the engine first touches its pools, then must stay flat
 
 
