@@ -10,18 +10,19 @@ learner's metadata and travels to every member of the weight group, so sender an
   which vLLM fuses into one layer and holds until all arrive) unless the group alone exceeds the bucket; a tensor
   larger than the bucket travels alone. So a receiver never holds more than the buckets in flight, whatever the model
   size: a 7B model never needs a second full copy of its weights.
-- Integrity: an integer checksum per bucket, computed in chunks on an int32 view of the bytes (exact, order-aware
-  across 1 MiB chunks, never a widened copy of a whole tensor), as a device tensor: one host sync per push.
+- Integrity: an integer checksum per bucket, one pass over an int64 view of the bytes (wrapping sums per 1 MiB chunk:
+  exact, order-aware across chunks, no copy), as a device tensor: one host sync per push.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 DEFAULT_BUCKET_MIB = {"gloo": 32.0, "nccl": 256.0}  # learner.push_bucket_mib=0 (docs/performance.md section 9)
-ALIGN = 64  # byte alignment of every tensor in a bucket (any dtype's view is legal; bucket sizes stay int32-viewable)
-CHUNK = 2**20  # bytes per checksum chunk: its int64 widening (a 2 MiB temporary) is all the checksum allocates
+ALIGN = 64  # byte alignment of every tensor in a bucket (any dtype's view is legal; bucket sizes stay int64-viewable)
+CHUNK = 2**20  # bytes per checksum chunk
 
 
 @dataclass(frozen=True)
@@ -149,15 +150,27 @@ def unpack(bucket: Bucket, buf: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
 
 
 def checksum(buf: torch.Tensor) -> torch.Tensor:
-    """Order-aware integer checksum of a uint8 buffer (length a multiple of 4) as a 0-dim int64 device tensor:
-    per chunk the exact int64 sum of its int32 words (|sum| < 2**53), folded as (total * P + chunk_sum) mod M with no
-    overflow anywhere, so the value is exact and equal on every device. Temporary memory: one widened chunk."""
-    words = buf.view(torch.int32)
-    step = CHUNK // 4
-    total = torch.zeros((), dtype=torch.int64, device=buf.device)
-    for i in range(0, words.numel(), step):
-        total = torch.remainder(total * 1_000_003 + words[i:i + step].sum(dtype=torch.int64), 2**31 - 1)
-    return total
+    """Order-aware integer checksum of a uint8 buffer (length a multiple of 8) as a 0-dim int64 device tensor. Per
+    1 MiB chunk, the sum of its int64 words with wrap-around (mod 2**64: exact whatever the reduction order, so equal
+    on every device); the chunk sums, reduced mod M = 2**31 - 1 and weighted by P**(chunks - 1 - k) mod M, are summed
+    mod M (no overflow: every product < 2**62). One pass over the bytes, no widened copy, four kernel launches."""
+    words = buf.view(torch.int64)
+    step = CHUNK // 8
+    n = words.numel() // step
+    sums = words[:n * step].view(n, step).sum(1)  # [n] chunk sums, wrapped
+    if words.numel() > n * step:
+        sums = torch.cat([sums, words[n * step:].sum().view(1)])
+    terms = torch.remainder(sums, _M) * _powers(sums.numel(), buf.device)
+    return torch.remainder(torch.remainder(terms, _M).sum(), _M)
+
+
+_M, _P = 2**31 - 1, 1_000_003
+
+
+@functools.lru_cache(maxsize=64)
+def _powers(n: int, device: torch.device) -> torch.Tensor:
+    """[n] int64: P**(n - 1 - k) mod M, the weight of chunk k."""
+    return torch.tensor([pow(_P, n - 1 - k, _M) for k in range(n)], dtype=torch.int64, device=device)
 
 
 def _view(buf: torch.Tensor, e: Entry) -> torch.Tensor:
