@@ -87,6 +87,28 @@ def _port_free(port: int) -> bool:
 ROLE_NODES = {"learner": "learner", "rollout": "rollout", "estimator": "rollout"}  # role -> node-label value
 
 
+def learner_ranks(cfg: Config, with_estimators: bool, resources: dict[str, float]) -> int:
+    """`learner.num_ranks=0` (the default), derived from the cluster's resources as Ray reports them: learners on
+    whole GPUs get one rank per GPU the rollout (and estimator) workers leave free; learners on a GPU share or on CPU
+    get one rank (NCCL refuses two ranks on one GPU; on CPU a second rank on the same cores measured slower, section
+    6 of docs/performance.md, and holds a second copy of the model: give the one rank more `learner.threads`).
+    A set number is kept."""
+    lc = cfg.learner
+    if lc.num_ranks:
+        return lc.num_ranks
+    if lc.num_gpus < 1:
+        return 1
+    taken = cfg.rollout.num_workers * cfg.rollout.num_gpus
+    if with_estimators:
+        taken += cfg.progress.num_workers * cfg.progress.num_gpus
+    free = resources.get("GPU", 0.0) - taken
+    if free < lc.num_gpus:
+        raise RuntimeError(f"learner.num_ranks=0 derives the learner ranks from the free GPUs, but the cluster has "
+                           f"{resources.get('GPU', 0.0):g} GPUs and the workers take {taken:g}: set learner.num_ranks "
+                           f"or add GPU nodes")
+    return int(free // lc.num_gpus)
+
+
 def bundles(cfg: Config, with_estimators: bool) -> dict[str, list[dict]]:
     """Resource bundles per role, straight from config (CPUs and GPUs per actor)."""
     def b(cpus, gpus):
@@ -125,7 +147,10 @@ class Placement:
     to nodes labelled `<key>=rollout`. Without it, PACK may put any bundle on any node with room."""
 
     def __init__(self, cfg: Config, with_estimators: bool, roles: tuple[str, ...] | None = None):
-        """`roles`: reserve only these roles' bundles (e.g. ("rollout",) for evaluation); None: all of them."""
+        """`roles`: reserve only these roles' bundles (e.g. ("rollout",) for evaluation); None: all of them.
+        `learner.num_ranks=0` is resolved here (`learner_ranks`), and `cfg` updated, before anything is reserved."""
+        if not cfg.learner.num_ranks and (roles is None or "learner" in roles):
+            cfg.learner.num_ranks = learner_ranks(cfg, with_estimators, ray.cluster_resources())
         self.roles = bundles(cfg, with_estimators)
         if roles is not None:
             unknown = set(roles) - set(self.roles)

@@ -77,7 +77,8 @@ class Trainer:
         init_ray(cfg)
         local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
         uses_estimator = self.method.needs_estimator(cfg)
-        self.placement = Placement(cfg, with_estimators=uses_estimator)
+        self.placement = Placement(cfg, with_estimators=uses_estimator)  # resolves learner.num_ranks=0
+        (self.dir / "config.yaml").write_text(to_yaml(cfg))  # the layout as run: a resume keeps its ranks
         self.learners = LearnerGroup(cfg, self.placement, self.model_path, local)
 
         def workers(role: str, n: int, seed_base: int) -> list:

@@ -128,13 +128,13 @@ def validate(cfg: Config) -> None:
     if cfg.ray.num_cpus:
         need = (
             cfg.rollout.num_workers * cfg.rollout.num_cpus
-            + cfg.learner.num_ranks * cfg.learner.num_cpus
+            + max(cfg.learner.num_ranks, 1) * cfg.learner.num_cpus  # 0 ranks: derived, at least 1
             + (cfg.progress.num_workers * cfg.progress.num_cpus if uses_estimator(cfg) else 0)
         )
         if need > cfg.ray.num_cpus:
             errors.append(
                 f"the actors ask for {need:g} CPUs (rollout {cfg.rollout.num_workers}x{cfg.rollout.num_cpus:g}, "
-                f"learner {cfg.learner.num_ranks}x{cfg.learner.num_cpus:g}) but ray.num_cpus={cfg.ray.num_cpus}"
+                f"learner {max(cfg.learner.num_ranks, 1)}x{cfg.learner.num_cpus:g}) but ray.num_cpus={cfg.ray.num_cpus}"
             )
     errors += budget_errors(cfg)
     if errors:

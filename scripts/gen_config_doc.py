@@ -70,7 +70,6 @@ MEANINGS: dict[str, str] = {
                               "L_max of DAPO and the constant of `loss_agg=constant`",
     "rollout.gpu_memory_utilization": "vLLM's GPU memory share (GPU only)",
     "rollout.enforce_eager": "vLLM without CUDA graphs / compilation (fast start)",
-    "learner.num_ranks": "DeepSpeed ranks (one Learner actor each)",
     "learner.num_cpus": "Ray CPUs per rank",
     "learner.num_gpus": "Ray GPUs per rank: 0 (CPU, DS_ACCELERATOR=cpu) or 1; a share < 1 (one GPU shared with "
                         "the engines) only with learner.num_ranks=1. > 0 makes the weight push use NCCL, or gloo "

@@ -42,6 +42,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 SMALL = [
     "train.steps=2", "train.prompts_per_step=4", "rollout.n_samples=4", "rollout.max_new_tokens=48",
     "eval.size=8", "eval.n_samples=2", "wandb.mode=disabled", "train.save_every=0", "ray.num_cpus=4",
+    "learner.num_ranks=2",  # the distributed learner path (a CPU run derives 1 rank: grpo_run keeps that default)
 ]
 
 
@@ -61,15 +62,16 @@ WANDB_FAKE_KEY = "fake-wandb-key-0123456789abcdef"  # WANDB_API_KEY of grpo_run'
 @pytest.fixture(scope="session")
 def grpo_run(tiny_model, tmp_path_factory, ray_session):
     """One default GRPO run of 2 steps, shared by the tests that read what it leaves (metrics, checkpoint, W&B
-    offline files): W&B offline with a sample table every step, a fake W&B key in the environment and pasted into
-    a config value. Returns its config and summary."""
+    offline files): the default (derived) learner layout, W&B offline with a sample table every step, a fake W&B key
+    in the environment and pasted into a config value. Returns its config and summary."""
     from mrt_ray.config import load_config
     from mrt_ray.trainer import Trainer
 
     run_dir = tmp_path_factory.mktemp("grpo_run") / "run"
     cfg = load_config(None, [f"model.path={tiny_model}", f"run.dir={run_dir}", *SMALL, "wandb.mode=offline",
                              "wandb.log_samples_every=1", "wandb.project=mrt-test",
-                             f"task.system_prompt=pasted-{WANDB_FAKE_KEY}"])  # unused by the embedded task
+                             f"task.system_prompt=pasted-{WANDB_FAKE_KEY}",  # unused by the embedded task
+                             "learner.num_ranks=0"])  # the default: derived from Ray's resources (1 on CPU)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_API_KEY", WANDB_FAKE_KEY)
         summary = Trainer(cfg).run()

@@ -187,8 +187,10 @@ def test_missing_config_file_and_bad_override_syntax(tmp_path: Path) -> None:
     (["task.min_terms=7"], "task.min_terms=7 must be <= task.max_terms=6"),
     (["rollout.n_samples=1"], "algo.advantage=grpo needs rollout.n_samples >= 2"),
     (["algo=rloo", "rollout.n_samples=1"], "algo.advantage=rloo needs rollout.n_samples >= 2"),
-    (["ray.num_cpus=1"], "the actors ask for 1.5 CPUs (rollout 1x0.5, learner 2x0.5) but ray.num_cpus=1"),
-    (["ray.num_cpus=2", "algo=mrt", "progress.num_cpus=1"], "the actors ask for 2.5 CPUs"),
+    (["ray.num_cpus=1", "learner.num_ranks=2"], "the actors ask for 1.5 CPUs (rollout 1x0.5, learner 2x0.5) but "
+                                                "ray.num_cpus=1"),
+    (["ray.num_cpus=1", "rollout.num_cpus=1"], "(rollout 1x1, learner 1x0.5)"),  # derived ranks: at least 1
+    (["ray.num_cpus=2", "algo=mrt", "progress.num_cpus=1", "learner.num_ranks=2"], "the actors ask for 2.5 CPUs"),
     (["task.name=file"], "task.name=file needs task.path"),
     (["algo.advantage=ppo"], "algo.advantage='ppo' is not registered; choose one of ['drgrpo', 'grpo', 'rloo']"),
     (["algo.reward=shorter"], "algo.reward='shorter' is not registered"),

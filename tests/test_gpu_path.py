@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mrt_ray.actors import bundles, weight_backend
+from mrt_ray.actors import bundles, learner_ranks, weight_backend
 from mrt_ray.config import ConfigError, load_config
 from mrt_ray.learner.group import learner_env
 from mrt_ray.validation import validate
@@ -64,6 +64,25 @@ def test_consistent_gpu_layouts_are_accepted(overrides):
 def test_weight_backend_follows_the_layout(overrides, backend):
     cfg = load_config(None, overrides)
     assert weight_backend(bundles(cfg, with_estimators=True)) == backend
+
+
+@pytest.mark.parametrize(("overrides", "resources", "ranks"), [
+    ([], {"CPU": 64.0}, 1),  # CPU: one rank, however many cores
+    (["learner.num_gpus=1", "rollout.num_gpus=1", "rollout.num_workers=2"], {"CPU": 64.0, "GPU": 8.0}, 6),
+    (["learner.num_gpus=1", "rollout.num_gpus=1", "algo=mrt", "progress.num_gpus=1", "progress.num_workers=2"],
+     {"GPU": 8.0}, 5),  # the estimator workers' GPUs are taken too
+    (SHARED[1:], {"GPU": 1.0}, 1),  # a GPU share: one rank
+    (["learner.num_ranks=3"], {"CPU": 2.0}, 3),  # a set number is kept
+])
+def test_learner_ranks_follow_the_resources_ray_sees(overrides, resources, ranks):
+    cfg = load_config(None, overrides)
+    assert learner_ranks(cfg, cfg.algo.name == "mrt", resources) == ranks
+
+
+def test_learner_ranks_without_a_free_gpu_is_a_clear_error():
+    cfg = load_config(None, ["learner.num_gpus=1", "rollout.num_gpus=1", "rollout.num_workers=2"])
+    with pytest.raises(RuntimeError, match="the cluster has 2 GPUs and the workers take 2: set learner.num_ranks"):
+        learner_ranks(cfg, False, {"CPU": 8.0, "GPU": 2.0})
 
 
 def test_learners_on_gpu_raise_on_nccl_timeouts_instead_of_ending(monkeypatch):

@@ -143,7 +143,7 @@ class RolloutConfig:
 
 @dataclass
 class LearnerConfig:
-    num_ranks: int = pos(2)
+    num_ranks: int = nonneg(0)  # DeepSpeed ranks; 0: derived at start: one per GPU left free, else 1
     num_cpus: float = nonneg(0.5)
     num_gpus: float = nonneg(0.0)
     threads: int = pos(1)
