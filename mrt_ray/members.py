@@ -16,6 +16,7 @@ TrainFn = Callable[[Config], dict]  # mrt_ray.trainer.train: config -> summary (
 # keys that change how a run moves its data, not what it trains: a member may continue under another value (e.g. a
 # new default bucket size for the weight push)
 TRANSPORT_ONLY = ("learner.push_bucket_mib",)
+DERIVED = ("learner.num_ranks",)  # 0 asks for a value derived at start; a member's config.yaml holds the derived one
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -28,11 +29,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def _check_same(path: Path, expected: Config) -> None:
     """A member directory left by an earlier run of the same command must hold the configuration it would train now
     (the sweep and grid sections do not change a member: their lists may grow between runs; nor do the time-outs
-    and TRANSPORT_ONLY keys)."""
+    and TRANSPORT_ONLY keys; a DERIVED key asked as 0 matches the value derived then)."""
     old, new = _flat(to_dict(from_yaml_file(path))), _flat(to_dict(expected))
     diff = sorted(k for k in old.keys() | new.keys()
                   if old.get(k) != new.get(k) and not k.startswith(("sweep.", "grid."))
-                  and k not in TRANSPORT_ONLY and not k.endswith("timeout_s"))
+                  and k not in TRANSPORT_ONLY and not k.endswith("timeout_s")
+                  and not (k in DERIVED and new.get(k) == 0))
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:5])
         raise ConfigError(f"{path} was trained with other settings ({shown}); rerun with the same overrides to "

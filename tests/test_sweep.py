@@ -169,6 +169,20 @@ def test_sweep_refuses_a_member_trained_with_other_settings(make_cfg):
     assert again.calls == []
 
 
+def test_sweep_reuses_a_member_whose_derived_layout_was_recorded(make_cfg):
+    """learner.num_ranks=0 is derived at start and the member's config.yaml records the number: asking 0 again
+    reuses it; asking another number explicitly does not."""
+    cfg = make_cfg("sweep.alphas=[0.1]")
+    sweep.run_sweep(cfg, FakeTrain())
+    member = next(Path(cfg.run.dir).glob("*/config.yaml"))
+    member.write_text(member.read_text().replace("num_ranks: 0", "num_ranks: 1"))
+    again = FakeTrain()
+    sweep.run_sweep(make_cfg("sweep.alphas=[0.1]"), again)
+    assert again.calls == []
+    with pytest.raises(ConfigError, match="learner.num_ranks: 1 there, 2 now"):
+        sweep.run_sweep(make_cfg("sweep.alphas=[0.1]", "learner.num_ranks=2"), FakeTrain())
+
+
 @pytest.mark.parametrize("overrides, match", [
     (["algo=grpo"], "algo.reward must be length_penalty, got 'outcome'"),
     (["sweep.alphas=[0.1,1.0]"], r"sweep.alphas\[1\]=1.0 must be in \[0, 1\)"),
