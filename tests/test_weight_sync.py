@@ -145,7 +145,7 @@ def _vm_kib(key: str) -> int:
     raise KeyError(key)
 
 
-def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, out):
+def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, hold, out):
     torch.set_num_threads(1)
     from mrt_ray.weight_sync.group import drain, receive_stream, send_stream
 
@@ -167,30 +167,38 @@ def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, 
         time.sleep(-receiver_delay)
         return
     time.sleep(receiver_delay)
+    pools = []  # the pooled receive buffers after each push
     for push_id in pushes:  # the last push is measured; earlier ones page in the code it runs (file-backed RSS)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
         before = _vm_kib("VmRSS")
-        sums, loaded = [], []
+        sums, loaded, held = [], [], []
         stream = receive_stream(group, plan, push_id, sums)
         try:
             with torch.no_grad():
                 for name, t in stream:  # the HF engine's way: copy into the model's own tensor as it arrives
-                    state[name].copy_(t)
+                    if hold:  # a loader that keeps every view until the end: no buffer may be reused under it
+                        held.append((name, t))
+                    else:
+                        state[name].copy_(t)
                     loaded.append(name)
         finally:
             drain(stream)
         peak = _vm_kib("VmHWM") - before
+        for name, t in held:
+            state[name].copy_(t)
+        del held
+        pools.append([b.data_ptr() for b, _ in group.recv_pool])
     expect = _state(2, mib)
     ok = all(torch.equal(state[n], expect[n]) for n in expect)
-    out.put(("received", torch.stack(sums).tolist(), loaded, ok, peak, plan.max_bucket))
+    out.put(("received", torch.stack(sums).tolist(), loaded, ok, peak, plan.max_bucket, pools))
 
 
-def _run(mib=96, bucket_mib=4, receiver_delay=0.0, gate_timeout=60.0, pushes=(7,)):
+def _run(mib=96, bucket_mib=4, receiver_delay=0.0, gate_timeout=60.0, pushes=(7,), hold=False):
     ctx = mp.get_context("spawn")
     out, ports = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_member, args=(r, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, out))
-             for r in (0, 1)]
+    procs = [ctx.Process(target=_member, args=(r, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, hold,
+                                               out)) for r in (0, 1)]
     # RSS then tracks live memory: glibc's adaptive threshold would serve freed buckets from a heap it keeps mapped
     env = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MiB)
@@ -222,12 +230,22 @@ def test_gloo_push_streams_with_bounded_receiver_memory():
     the first pages in the code the receive path runs, file-backed RSS that once filled 8 of the 8 MiB slack in CI."""
     r = _run(mib=96, bucket_mib=4, pushes=(7, 8))  # the second push is measured
     sums, _ = r["sent"]
-    got_sums, loaded, ok, peak_kib, max_bucket = r["received"]
+    got_sums, loaded, ok, peak_kib, max_bucket, pools = r["received"]
     assert ok and got_sums == sums and len(sums) > 20
+    assert len(pools[0]) == 2 and pools[1] == pools[0]  # two receive buffers, reused by the second push
     assert "lm_head.weight" in loaded and loaded.index("lm_head.weight") == 1  # right after its source
     print(f"receiver peak RSS growth {peak_kib / 1024:.1f} MiB for a 96 MiB push in {max_bucket / MiB:.1f} MiB "
           f"buckets")
     assert peak_kib * 1024 <= 2 * max_bucket + 8 * MiB
+
+
+def test_pooled_receive_buffers_are_never_reused_under_a_live_view():
+    """A loader that keeps every view until the push ends (so no bucket's buffer is ever free again): the pool must
+    allocate past it, and every tensor arrives intact."""
+    r = _run(mib=16, bucket_mib=1, pushes=(3, 4), hold=True)
+    sums, _ = r["sent"]
+    got_sums, _, ok, _, _, pools = r["received"]
+    assert ok and got_sums == sums and len(sums) > 10
 
 
 def test_ready_gate_waits_for_a_late_receiver_and_names_a_missing_one():
