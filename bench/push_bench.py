@@ -105,7 +105,7 @@ def bench_size(mib: float, args, root: Path) -> list[dict]:
                 sync.connect()  # a new weight group carrying this plan
                 sync.push(version)  # untimed: the new group's first transfer
                 version += 1
-                raw = raw_broadcast_seconds(bucket_sizes(sync), reps=args.block, threads=cfg.learner.threads)
+                raw = raw_broadcast_seconds(bucket_sizes(sync), reps=args.block, threads=max(cfg.learner.threads, 1))
                 pushes = []
                 for _ in range(args.block):
                     stats, rss = _peak_rss_growth_mib(pid, lambda v=version: sync.push(v))

@@ -61,7 +61,7 @@ def main() -> None:
         session.steps(args.warmup)
         rows = session.steps(args.steps)
         sync = session.trainer.sync
-        raw = raw_broadcast_seconds(bucket_sizes(sync), reps=args.reps, threads=cfg.learner.threads)
+        raw = raw_broadcast_seconds(bucket_sizes(sync), reps=args.reps, threads=max(cfg.learner.threads, 1))
     finally:
         session.close()
     c = session.trainer.cfg

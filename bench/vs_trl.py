@@ -191,7 +191,7 @@ def main() -> None:
         load.append(os.getloadavg()[0])
         trl.close()
         sync = mrt.trainer.sync
-        raw = raw_broadcast_seconds(bucket_sizes(sync), reps=10, threads=cfg.learner.threads)
+        raw = raw_broadcast_seconds(bucket_sizes(sync), reps=10, threads=max(cfg.learner.threads, 1))
     finally:
         trl.close()
         if mrt is not None:

@@ -147,6 +147,17 @@ def release_freed_memory() -> None:
         trim(0)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota (a container's limit). Not
+    Ray's CPU count, which is logical (`ray.num_cpus` may be set above the cores for bookkeeping)."""
+    n = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    return n
+
+
 def limit_threads(n: int) -> None:
     """Cap intra-op threads of this process (set before heavy libraries start their pools where possible)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

@@ -74,7 +74,6 @@ MEANINGS: dict[str, str] = {
     "learner.num_gpus": "Ray GPUs per rank: 0 (CPU, DS_ACCELERATOR=cpu) or 1; a share < 1 (one GPU shared with "
                         "the engines) only with learner.num_ranks=1. > 0 makes the weight push use NCCL, or gloo "
                         "when a GPU is shared",
-    "learner.threads": "OMP/torch threads per rank",
     "learner.zero_stage": "DeepSpeed ZeRO stage",
     "learner.lr": "AdamW learning rate",
     "learner.betas": "AdamW betas",

@@ -14,7 +14,9 @@ import pytest
 
 from mrt_ray.actors import bundles, learner_ranks, weight_backend
 from mrt_ray.config import ConfigError, load_config
+from mrt_ray.learner.actor import learner_threads
 from mrt_ray.learner.group import learner_env
+from mrt_ray.utils import usable_cores
 from mrt_ray.validation import validate
 
 ON_GPU = ["learner.num_gpus=1", "learner.num_ranks=1", "rollout.num_gpus=1"]
@@ -83,6 +85,35 @@ def test_learner_ranks_without_a_free_gpu_is_a_clear_error():
     cfg = load_config(None, ["learner.num_gpus=1", "rollout.num_gpus=1", "rollout.num_workers=2"])
     with pytest.raises(RuntimeError, match="the cluster has 2 GPUs and the workers take 2: set learner.num_ranks"):
         learner_ranks(cfg, False, {"CPU": 8.0, "GPU": 2.0})
+
+
+@pytest.mark.parametrize("overrides, cores, ranks, threads", [
+    ([], 2, 1, 2),  # CPU, sync: the rank takes the node's cores (the rollout worker is idle while it learns)
+    ([], 2, 2, 1),  # two ranks share them
+    ([], 2, 3, 1),  # never below one
+    ([], 16, 2, 8),
+    (["train.async_rollout=true"], 16, 1, 1),  # the rollout worker samples while the learner learns
+    (ON_GPU, 16, 1, 1),
+    (["learner.threads=3"], 2, 1, 3),  # a set number is kept
+])
+def test_learner_threads_follow_the_cores_where_the_rank_runs(overrides, cores, ranks, threads):
+    assert learner_threads(load_config(None, overrides), cores, ranks) == threads
+
+
+def test_a_learner_runs_on_its_derived_threads():
+    """The constructor (no Ray, no DeepSpeed yet) sets torch's threads; in a subprocess, to keep this one's."""
+    code = ("import torch\n"
+            "from mrt_ray.config import load_config\n"
+            "from mrt_ray.learner.actor import Learner, learner_threads\n"
+            "from mrt_ray.utils import usable_cores\n"
+            "cfg = load_config(None, [])\n"
+            "Learner(cfg, 'unused', 0, 1)\n"
+            "print(torch.get_num_threads(), learner_threads(cfg, usable_cores(), 1))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    got, want = out.stdout.split()
+    assert got == want == str(usable_cores())
 
 
 def test_learners_on_gpu_raise_on_nccl_timeouts_instead_of_ending(monkeypatch):

@@ -146,7 +146,7 @@ class LearnerConfig:
     num_ranks: int = nonneg(0)  # DeepSpeed ranks; 0: derived at start: one per GPU left free, else 1
     num_cpus: float = nonneg(0.5)
     num_gpus: float = nonneg(0.0)
-    threads: int = pos(1)
+    threads: int = nonneg(0)  # torch threads per rank; 0: derived: on CPU in sync mode the cores over the ranks, else 1
     zero_stage: int = choice(2, 0, 1, 2, 3)
     lr: float = pos(1e-4)
     betas: list[float] = frac([0.9, 0.95], hi_open=True)

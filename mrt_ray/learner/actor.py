@@ -25,7 +25,7 @@ from mrt_ray.config import Config
 from mrt_ray.learner import ds
 from mrt_ray.learner.objective import microbatch_loss, policy_logprobs, ref_logprobs
 from mrt_ray.models import load_causal_lm, load_tokenizer
-from mrt_ray.utils import listen_socket, rng_state, set_rng_state
+from mrt_ray.utils import limit_threads, listen_socket, rng_state, set_rng_state, usable_cores
 from mrt_ray.weight_sync.buckets import Plan, state_metas
 from mrt_ray.weight_sync.group import await_receivers, create_group, send_stream
 
@@ -49,12 +49,26 @@ def collate(shard: dict, pad_id: int, device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in dict(ids=ids, attn=attn, mask=mask, adv=adv, rollout_lp=old).items()}
 
 
+def learner_threads(cfg: Config, cores: int, ranks: int) -> int:
+    """`learner.threads=0` (the default), derived where the rank runs: `ranks` learners on CPU in sync mode share the
+    `cores` of their node (generation and estimation are idle while they learn): cores // ranks, at least 1; on GPUs, or
+    in async mode (the rollout worker samples while they learn), 1. A set number is kept. On 2 cores one rank on
+    two threads measured 0.88x the step of two ranks on one thread each (docs/performance.md, section 11)."""
+    lc = cfg.learner
+    if lc.threads:
+        return lc.threads
+    if lc.num_gpus > 0 or cfg.train.async_rollout:
+        return 1
+    return max(1, cores // ranks)
+
+
 class Learner:
     """Made in two steps, so that rank 0 can host the rendezvous on a port nobody else can take: construct every
     rank, ask rank 0 to `listen` on the rendezvous address, then `start` every rank with that port."""
 
     def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int):
-        torch.set_num_threads(cfg.learner.threads)
+        self.threads = learner_threads(cfg, usable_cores(), world_size)
+        limit_threads(self.threads)
         self.cfg, self.model_path, self.rank, self.world = cfg, model_path, rank, world_size
         self._listening: dict[str, socket.socket] = {}  # rank 0: sockets bound for a store, by purpose
 

@@ -32,7 +32,7 @@ class LearnerGroup:
         self.cfg = cfg
         n = cfg.learner.num_ranks
         self.actors = [
-            placement.actor(Learner, "learner", r, cfg, model_path, r, n, threads=cfg.learner.threads,
+            placement.actor(Learner, "learner", r, cfg, model_path, r, n, threads=max(cfg.learner.threads, 1),
                             env=learner_env(cfg))
             for r in range(n)
         ]
