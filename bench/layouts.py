@@ -22,7 +22,7 @@ from harness import WORKLOAD, MrtSession, bench_config, markdown_table, median, 
 
 DEFAULT_LAYOUTS = [
     "two_ranks=learner.num_ranks=2",  # the default before learner.num_ranks=0 (derived)
-    "default=",  # the derived layout: 1 rank on CPU
+    "default=",  # the derived layout: on CPU one rank on the node's cores (async: one thread)
     "one_rank_z0=learner.zero_stage=0",
     "async_z0=learner.zero_stage=0,train.async_rollout=true",
 ]

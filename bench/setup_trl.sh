@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv-bench
-want="trl==1.16.0 torch==2.13.0 math-verify==0.9.0 pebble==5.2.3 omegaconf==2.4.0"
+want="trl==1.16.0 transformers==5.24.0 torch==2.13.0 math-verify==0.9.0 pebble==5.2.3 omegaconf==2.4.0"
 stamp="$venv/.bench-installed"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -21,7 +21,7 @@ if ! ls "${PIP_FIND_LINKS:-/nonexistent}"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1
   index=(--extra-index-url https://download.pytorch.org/whl/cpu)
 fi
 "${pip[@]}" install -q "${index[@]}" "torch==2.13.0"
-"${pip[@]}" install -q "${index[@]}" "trl==1.16.0"
+"${pip[@]}" install -q "${index[@]}" "trl==1.16.0" "transformers==5.24.0"
 # mrt-ray's grader and what it imports (task.grader=math), so the TRL side scores answers as mrt-ray does
 "${pip[@]}" install -q "math-verify==0.9.0" "pebble==5.2.3" "omegaconf==2.4.0"
 PYTHONPATH=. "$venv/bin/python" -c "import trl, transformers, torch, mrt_ray.rewards.grading; print('trl', trl.__version__, 'transformers', \
