@@ -91,8 +91,8 @@ def learner_ranks(cfg: Config, with_estimators: bool, resources: dict[str, float
     """`learner.num_ranks=0` (the default), derived from the cluster's resources as Ray reports them: learners on
     whole GPUs get one rank per GPU the rollout (and estimator) workers leave free; learners on a GPU share or on CPU
     get one rank (NCCL refuses two ranks on one GPU; on CPU a second rank holds a second copy of the model and
-    all-reduces its gradients, while `learner.threads=0` gives the one rank the node's cores: 0.88x the step of two
-    one-thread ranks on 2 cores, section 11 of docs/performance.md).
+    all-reduces its gradients, while `learner.threads=0` gives the one rank the node's cores: 0.88x and 1.00x the
+    step of two one-thread ranks on 2 cores in two side-by-side runs, section 11 of docs/performance.md).
     A set number is kept."""
     lc = cfg.learner
     if lc.num_ranks:

@@ -53,7 +53,8 @@ def learner_threads(cfg: Config, cores: int, ranks: int) -> int:
     """`learner.threads=0` (the default), derived where the rank runs: `ranks` learners on CPU in sync mode share the
     `cores` of their node (generation and estimation are idle while they learn): cores // ranks, at least 1; on GPUs, or
     in async mode (the rollout worker samples while they learn), 1. A set number is kept. On 2 cores one rank on
-    two threads measured 0.88x the step of two ranks on one thread each (docs/performance.md, section 11)."""
+    two threads measured 0.88x and 1.00x the step of two ranks on one thread each in two side-by-side runs, with a
+    faster learn phase in both (docs/performance.md, section 11)."""
     lc = cfg.learner
     if lc.threads:
         return lc.threads
