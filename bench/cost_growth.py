@@ -3,12 +3,13 @@ samples and against rollout.max_new_tokens, and the peak resident memory of ever
 
     .venv/bin/python bench/cost_growth.py [--steps 2] [--warmup 1] [--rounds 2] [--plot FILE.png] [key=value ...]
 
-Each workload is one fresh session of the default layout (1 vLLM worker, 2 DeepSpeed ZeRO-2 learner ranks, the
-embedded base policy) with the bench workload of issue 9 (harness.WORKLOAD: 16 prompts x 8 samples, <= 64 new
-tokens), changed in one dimension at a time: prompts x samples over PS (max_new_tokens 64), max_new_tokens over MNT
-(16 x 8). Per session: `--warmup` untimed steps, then each actor's peak RSS is reset (/proc/<pid>/clear_refs) and
-`--steps` steps are timed. With `--rounds 2` the workloads run a second time in reverse order, so the machine's drift
-falls on both ends of each curve; medians over rounds are reported. Trailing key=value pairs override every session.
+Each workload is one fresh session of the default layout (1 vLLM worker; learner ranks and threads derived from the
+resources, docs/performance.md section 11; the embedded base policy) with the bench workload of issue 9
+(harness.WORKLOAD: 16 prompts x 8 samples, <= 64 new tokens), changed in one dimension at a time: prompts x samples over
+PS (max_new_tokens 64), max_new_tokens over MNT (16 x 8). Per session: `--warmup` untimed steps, then each actor's peak
+RSS is reset (/proc/<pid>/clear_refs) and `--steps` steps are timed. With `--rounds 2` the workloads run a second time
+in reverse order, so the machine's drift falls on both ends of each curve; medians over rounds are reported. Trailing
+key=value pairs override every session.
 A benchmark, not a test: nothing is asserted about time.
 """
 from __future__ import annotations

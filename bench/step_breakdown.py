@@ -3,7 +3,8 @@ bandwidth next to a raw gloo broadcast of the same bytes measured in the same in
 
     .venv/bin/python bench/step_breakdown.py [--steps 6] [--warmup 1] [--reps 10] [key=value ...]
 
-Default layout (1 vLLM rollout worker, 2 DeepSpeed ZeRO-2 learner ranks, local Ray) on the embedded base model
+Default layout (1 vLLM rollout worker, DeepSpeed ZeRO-2 learner ranks and threads derived from the resources, local
+Ray) on the embedded base model
 (bootstrapped on first use, cached under runs/base/); trailing key=value pairs override the config like the CLI.
 Prints markdown tables. A benchmark, not a test: nothing is asserted about time.
 """

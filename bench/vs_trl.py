@@ -9,9 +9,10 @@ Same model (the embedded base model directory, or a preset's: `model=smollm2 tas
 the same prompts on both sides, rendered as the task renders them), reward (the run's grader, `task.grader`: 1 for a
 finished, correct completion), batch shape (default 16 prompts x 8 samples, <= 64 new tokens), fp32,
 temperature 1.0, no reference model (kl 0), no gradient checkpointing, same optimizer settings. mrt-ray runs
-in-process (its default layout: 1 vLLM rollout worker + 2 DeepSpeed ZeRO-2 learners on local Ray), TRL as a
-subprocess in .venv-bench (bench/trl_worker.py). After `warmup` untimed steps each, the two alternate in blocks of
-`block` steps (ABBA order), both kept warm; idle while the other runs. A benchmark, not a test: nothing is asserted.
+in-process (its default layout: 1 vLLM rollout worker + DeepSpeed ZeRO-2 learners, ranks and threads derived from
+the resources, on local Ray), TRL as a subprocess in .venv-bench (bench/trl_worker.py). After `warmup` untimed
+steps each, the two alternate in blocks of `block` steps (ABBA order), both kept warm; idle while the other runs. A
+benchmark, not a test: nothing is asserted.
 """
 from __future__ import annotations
 
