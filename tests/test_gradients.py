@@ -31,11 +31,11 @@ class TinyLM(torch.nn.Module):
         self.mix = torch.nn.Linear(6, 6)
         self.head = torch.nn.Linear(6, V)
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, logits_to_keep: int = 0):
         h = self.emb(input_ids) * attention_mask[..., None]  # [B, T, 6]
         steps = torch.arange(1, input_ids.shape[1] + 1, dtype=h.dtype)[None, :, None]
         h = torch.tanh(self.mix(torch.cumsum(h, dim=1) / steps) + h)
-        return SimpleNamespace(logits=self.head(h))  # [B, T, V]
+        return SimpleNamespace(logits=self.head(h[:, -logits_to_keep:]))  # [B, T or logits_to_keep, V], as HF's
 
 
 def tiny_model(seed: int = 0) -> TinyLM:
@@ -57,7 +57,7 @@ def make_batch(seed: int = 1):
         attn[b, :p + c] = 1
         mask[b, p - 1:p - 1 + c] = 1
     adv = torch.randn(B, T - 1, generator=g, dtype=torch.float64) * mask
-    return {"ids": ids, "attn": attn, "mask": mask, "adv": adv, "g": g}
+    return {"ids": ids, "attn": attn, "mask": mask, "adv": adv, "g": g, "prompts": prompts}
 
 
 def cfg(**kw) -> AlgoConfig:
@@ -78,10 +78,12 @@ def side_inputs(model, batch, off_policy: bool):
 
 
 def learner_loss(model, batch, c: AlgoConfig, old, ref, w, rows=None, norm=None, world=1):
-    """The learner's loss on the rows `rows` of the batch (a micro-batch), as Learner.train_step computes it."""
+    """The learner's loss on the rows `rows` of the batch (a micro-batch), as Learner.train_step computes it: scored
+    from the rows' shortest prompt (collate's `start`), through the model's `logits_to_keep`."""
     rows = list(range(batch["ids"].shape[0])) if rows is None else rows
-    sel = lambda t: t[rows]  # noqa: E731
-    logp, logits = policy_logprobs(model, sel(batch["ids"]), sel(batch["attn"]), TEMP)
+    start = min(batch["prompts"][r] for r in rows) - 1
+    sel = lambda t: t[rows][:, start:] if t.shape[1] < batch["ids"].shape[1] else t[rows]  # noqa: E731  [B, T-1] tail
+    logp, logits = policy_logprobs(model, sel(batch["ids"]), sel(batch["attn"]), TEMP, start)
     norm = norm or StepNorm.local(batch["mask"], max_tokens=6)
     loss, _ = microbatch_loss(logp, logits, sel(batch["mask"]), sel(batch["adv"]), sel(old), c, norm, world,
                               ref_logp=sel(ref) if c.kl_coef else None, is_weight=sel(w) if w is not None else None)
@@ -216,3 +218,61 @@ def test_split_steps_give_the_whole_steps_gradient(agg, split):
                                                                                norm, world))
             total += g
     torch.testing.assert_close(total / world, g_full, rtol=1e-9, atol=1e-12)
+
+
+def test_scoring_from_a_start_position_is_the_full_scorings_tail():
+    """policy_logprobs(start=k) on a real HF causal LM (through `logits_to_keep`) and on a model without that argument
+    (sliced) gives the full scoring's positions k.. and their logits, values and gradients alike."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from mrt_ray.learner.objective import _keeps_logits
+
+    torch.manual_seed(0)
+    hf = Qwen2ForCausalLM(Qwen2Config(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32))
+    batch = make_batch()
+
+    class NoKeep(torch.nn.Module):  # the TinyLM without `logits_to_keep`: the sliced path
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids, attention_mask)
+
+    assert _keeps_logits(hf) and _keeps_logits(SimpleNamespace(module=hf)) and not _keeps_logits(NoKeep(hf))
+    for model in (hf.double(), tiny_model(), NoKeep(tiny_model())):
+        full, full_logits = policy_logprobs(model, batch["ids"], batch["attn"], TEMP)  # [B, T-1]
+        g_full = torch.autograd.grad(full[:, 1:].sum(), list(model.parameters()))
+        tail, tail_logits = policy_logprobs(model, batch["ids"], batch["attn"], TEMP, start=1)  # [B, T-2]
+        g_tail = torch.autograd.grad(tail.sum(), list(model.parameters()))
+        assert tail.shape == (full.shape[0], full.shape[1] - 1) and tail_logits.shape[1] == full.shape[1] - 1
+        torch.testing.assert_close(tail, full[:, 1:], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(tail_logits, full_logits[:, 1:], rtol=1e-10, atol=1e-12)
+        for a, b in zip(g_tail, g_full):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_reference_logprobs_per_sequence_from_scored_micro_batches():
+    """Learner.ref_logprobs (algo.kl_in_reward) scores micro-batches from their shortest prompt and hands back each
+    sequence's completion log-probs: those of scoring the sequence alone from position 0."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from mrt_ray.config import load_config
+    from mrt_ray.learner.actor import Learner
+
+    torch.manual_seed(0)
+    ref = Qwen2ForCausalLM(Qwen2Config(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=1)).eval()
+    learner = Learner.__new__(Learner)  # the method's own state only: no DeepSpeed world, no thread limit
+    learner.ref, learner.tok, learner.device = ref, SimpleNamespace(pad_token_id=0), torch.device("cpu")
+    learner.cfg = load_config(None, ["rollout.temperature=0.7"])
+    seqs, plens = [[1, 2, 3, 4, 5, 6], [3, 4, 5], [7, 8, 9, 10, 11], [2, 3]], [3, 2, 4, 1]
+    shard = {"input_ids": seqs, "prompt_lens": plens, "advantages": [[0.0] * (len(s) - p) for s, p in zip(seqs, plens)],
+             "rollout_logprobs": [[0.0] * (len(s) - p) for s, p in zip(seqs, plens)]}
+    got = learner.ref_logprobs(shard, n_micro=2)
+    for s, p, lps in zip(seqs, plens, got):
+        ids = torch.tensor([s])
+        with torch.no_grad():
+            alone = policy_logprobs(ref, ids, torch.ones_like(ids), 0.7)[0][0, p - 1:]
+        assert lps == pytest.approx(alone.tolist(), rel=1e-5, abs=1e-6)

@@ -137,6 +137,15 @@ def test_collate_places_advantages_and_logprobs_on_completion_targets():
     # position t scores token t+1: sequence 0's completion tokens 7, 8 are targets at positions 1, 2
     assert b["mask"].tolist() == [[0, 1, 1], [1, 0, 0]]
     assert b["adv"].tolist() == [[0, 1, 2], [3, 0, 0]] and b["rollout_lp"].tolist() == [[0, -1, -2], [-3, 0, 0]]
+    assert b["start"] == 0
+    # prompts of 3 and 2 tokens: scoring starts at position 1, the first that predicts a completion token
+    shard = {"input_ids": [[5, 6, 7, 8, 9], [5, 6, 7]], "prompt_lens": [3, 2],
+             "advantages": [[1.0, 2.0], [3.0]], "rollout_logprobs": [[-1.0, -2.0], [-3.0]]}
+    b = collate(shard, pad_id=0, device="cpu")
+    assert b["start"] == 1 and b["ids"].tolist() == [[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]]
+    # position t scores token 1+t+1: sequence 0's targets 8, 9 at positions 1, 2; sequence 1's 7 at 0
+    assert b["mask"].tolist() == [[0, 1, 1], [1, 0, 0]]
+    assert b["adv"].tolist() == [[0, 1, 2], [3, 0, 0]] and b["rollout_lp"].tolist() == [[0, -1, -2], [-3, 0, 0]]
 
 
 def _ctx(groups, cfg, generate=None):

@@ -30,23 +30,26 @@ from mrt_ray.weight_sync.buckets import Plan, state_metas
 from mrt_ray.weight_sync.group import await_receivers, create_group, send_stream
 
 
-def collate(shard: dict, pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Right-padded tensors; position t of the *_t tensors scores the prediction of token t+1."""
-    seqs = shard["input_ids"]
+def collate(shard: dict, pad_id: int, device) -> dict:
+    """Right-padded tensors, scored from `start`, the shortest prompt's length - 1 (the first position that predicts a
+    completion token): position t of the *_t tensors scores the prediction of token start+t+1."""
+    seqs, plens = shard["input_ids"], shard["prompt_lens"]
     B, T = len(seqs), max(len(s) for s in seqs)
+    start = max(0, min(plens) - 1)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     attn = torch.zeros((B, T), dtype=torch.long)
-    mask = torch.zeros((B, T - 1))  # [B, T-1] 1 where the target is a completion token
-    adv = torch.zeros((B, T - 1))
-    old = torch.zeros((B, T - 1))
+    mask = torch.zeros((B, T - 1 - start))  # [B, T-1-start] 1 where the target is a completion token
+    adv = torch.zeros((B, T - 1 - start))
+    old = torch.zeros((B, T - 1 - start))
     for b, s in enumerate(seqs):
-        p, c = shard["prompt_lens"][b], len(s) - shard["prompt_lens"][b]
+        p, c = plens[b] - 1 - start, len(s) - plens[b]  # p: the first completion target's position
         ids[b, :len(s)] = torch.tensor(s)
         attn[b, :len(s)] = 1
-        mask[b, p - 1:p - 1 + c] = 1
-        adv[b, p - 1:p - 1 + c] = torch.tensor(shard["advantages"][b], dtype=torch.float)
-        old[b, p - 1:p - 1 + c] = torch.tensor(shard["rollout_logprobs"][b], dtype=torch.float)
-    return {k: v.to(device) for k, v in dict(ids=ids, attn=attn, mask=mask, adv=adv, rollout_lp=old).items()}
+        mask[b, p:p + c] = 1
+        adv[b, p:p + c] = torch.tensor(shard["advantages"][b], dtype=torch.float)
+        old[b, p:p + c] = torch.tensor(shard["rollout_logprobs"][b], dtype=torch.float)
+    tensors = dict(ids=ids, attn=attn, mask=mask, adv=adv, rollout_lp=old)
+    return {**{k: v.to(device) for k, v in tensors.items()}, "start": start}
 
 
 def learner_threads(cfg: Config, cores: int, ranks: int) -> int:
@@ -138,7 +141,7 @@ class Learner:
         for epoch in range(self.cfg.learner.ppo_epochs):
             for k, (batch, weight) in enumerate(batches):
                 mask = batch["mask"] * weight
-                logp, logits = policy_logprobs(self.engine, batch["ids"], batch["attn"], temp)
+                logp, logits = policy_logprobs(self.engine, batch["ids"], batch["attn"], temp, batch["start"])
                 if old[k] is None:
                     old[k] = logp.detach()
                 is_w = None
@@ -146,7 +149,8 @@ class Learner:
                     is_w = torch.exp(old[k] - batch["rollout_lp"]).clamp(max=self.cfg.train.is_clip) * mask
                 loss, stats = microbatch_loss(
                     logp, logits, mask, batch["adv"], old[k], ac, norm, self.world,
-                    ref_logp=ref_logprobs(self.ref, batch["ids"], batch["attn"], temp), is_weight=is_w)
+                    ref_logp=ref_logprobs(self.ref, batch["ids"], batch["attn"], temp, batch["start"]),
+                    is_weight=is_w)
                 if not self._all_finite(loss.detach()):
                     self.engine.zero_grad()
                     return {"skipped": 1.0, "learn_seconds": time.perf_counter() - t0}
@@ -178,10 +182,11 @@ class Learner:
             idx = list(range(i, min(n, i + size)))
             sub = {key: [v[j] for j in idx] for key, v in shard.items()}
             batch = collate(sub, self.tok.pad_token_id, self.device)
-            lp = ref_logprobs(self.ref, batch["ids"], batch["attn"], self.cfg.rollout.temperature)  # [b, T-1]
+            start, temp = batch["start"], self.cfg.rollout.temperature
+            lp = ref_logprobs(self.ref, batch["ids"], batch["attn"], temp, start)  # [b, T-1-start]
             for row, j in enumerate(idx):
-                p, c = shard["prompt_lens"][j], len(shard["input_ids"][j]) - shard["prompt_lens"][j]
-                out[j] = lp[row, p - 1:p - 1 + c].tolist()
+                p, c = shard["prompt_lens"][j] - 1 - start, len(shard["input_ids"][j]) - shard["prompt_lens"][j]
+                out[j] = lp[row, p:p + c].tolist()
         return out
 
     # ------------------------------------------------------------------ weights

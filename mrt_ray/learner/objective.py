@@ -3,6 +3,8 @@ share of the step's scalar loss. Pure torch (no DeepSpeed, no distributed state)
 tests/test_gradients.py run on exactly this code."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -11,13 +13,27 @@ from mrt_ray.algos.losses import LOSSES, LossInputs, StepNorm, aggregate, masked
 from mrt_ray.config import AlgoConfig
 
 
-def policy_logprobs(model, ids: Tensor, attn: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """(log pi(ids[:, t+1] | ids[:, :t+1]) `[B, T-1]`, logits `[B, T-1, V]`), the logits divided by the sampling
-    temperature so the learner scores the distribution the sampler drew from."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # [B, T-1, V]
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (HF causal LMs do); a DeepSpeed engine is asked of its
+    module."""
+    return "logits_to_keep" in inspect.signature(getattr(model, "module", model).forward).parameters
+
+
+def policy_logprobs(model, ids: Tensor, attn: Tensor, temperature: float, start: int = 0) -> tuple[Tensor, Tensor]:
+    """Score `ids: [B, T]` from position `start` on: (log pi(ids[:, s+1] | ids[:, :s+1]) for s = start .. T-2,
+    `[B, T-1-start]`; the logits `[B, T-1-start, V]`), the logits divided by the sampling temperature so the learner
+    scores the distribution the sampler drew from.
+
+    The learner passes its micro-batch's shortest prompt length - 1 as `start`, so the output head and everything
+    vocabulary-sized run on completion positions only (TRL does the same with its left-padded prompts); a model whose
+    forward takes `logits_to_keep` computes no logits before `start`, any other is sliced after the fact."""
+    if start and _keeps_logits(model):
+        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=ids.shape[1] - start).logits[:, :-1]
+    else:
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, start:-1]
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
-    return gather_logprobs(logits, ids[:, 1:]), logits
+    return gather_logprobs(logits, ids[:, start + 1:]), logits
 
 
 def microbatch_loss(logp: Tensor, logits: Tensor, mask: Tensor, adv: Tensor, old_logp: Tensor, cfg: AlgoConfig,
@@ -38,9 +54,9 @@ def microbatch_loss(logp: Tensor, logits: Tensor, mask: Tensor, adv: Tensor, old
     return loss, stats
 
 
-def ref_logprobs(ref_model, ids: Tensor, attn: Tensor, temperature: float) -> Tensor | None:
-    """The frozen reference policy's log-probs (no gradient), or None without a reference."""
+def ref_logprobs(ref_model, ids: Tensor, attn: Tensor, temperature: float, start: int = 0) -> Tensor | None:
+    """The frozen reference policy's log-probs from position `start` (no gradient), or None without a reference."""
     if ref_model is None:
         return None
     with torch.no_grad():
-        return policy_logprobs(ref_model, ids, attn, temperature)[0]
+        return policy_logprobs(ref_model, ids, attn, temperature, start)[0]
