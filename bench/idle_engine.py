@@ -17,39 +17,28 @@ import sys
 import time
 
 from harness import REPO
-from preload import WORKLOAD
+from preload import smollm2_worker
 
 
 def tree_cpu_seconds(proc) -> float:
     """user + system CPU seconds of `proc` and every descendant alive now."""
+    import psutil
+
     total = 0.0
     for p in [proc, *proc.children(recursive=True)]:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
-        except Exception:  # a child that exited meanwhile
-            pass
+        except psutil.NoSuchProcess:  # a child that exited meanwhile
+            continue
+        total += t.user + t.system
     return total
 
 
 def child(threads: int, idle: float, overrides: list[str]) -> None:
     import psutil
 
-    from mrt_ray.config import load_config
-    from mrt_ray.models import load_tokenizer, resolve_model
-    from mrt_ray.rollout.types import Request, SamplingSpec
-    from mrt_ray.rollout.worker import RolloutWorker
-    from mrt_ray.tasks.source import PromptSource
-
-    cfg = load_config(None, [*WORKLOAD, f"rollout.threads={threads}",
-                             f"run.dir={REPO / 'runs' / 'bench' / 'idle_engine'}", *overrides])
-    cfg.model.path = resolve_model(cfg)
-    source = PromptSource(cfg, load_tokenizer(cfg.model.path, cfg.model))
-    worker = RolloutWorker(cfg, cfg.model.path, threads=threads)
-    rc = cfg.rollout
-    reqs = [Request(source.encode(p.prompt), SamplingSpec(n=rc.n_samples, temperature=rc.temperature, top_p=rc.top_p,
-                                                          max_tokens=rc.max_new_tokens, seed=i))
-            for i, p in enumerate(source.batch(0))]
+    worker, requests = smollm2_worker(threads, "idle_engine", overrides)
+    reqs = requests(0)
     me = psutil.Process()
     t0, c0 = time.perf_counter(), tree_cpu_seconds(me)
     worker.generate(reqs)

@@ -27,26 +27,36 @@ WORKLOAD = ("model=smollm2", "task=chain_sum", "train.prompts_per_step=8", "roll
 IOMP = Path(sys.prefix) / "lib" / "libiomp5.so"
 
 
-def child(threads: int, batches: int, overrides: list[str]) -> None:
-    """One variant in this process: the worker's generate on batches 0..batches (batch 0 untimed)."""
+def smollm2_worker(threads: int, run_name: str, overrides: list[str]):
+    """A rollout worker on WORKLOAD (in this process, `threads` OpenMP threads) and a function giving prompt batch b
+    as requests, seeded 1000 * b + i; shared with idle_engine.py."""
     from mrt_ray.config import load_config
     from mrt_ray.models import load_tokenizer, resolve_model
     from mrt_ray.rollout.types import Request, SamplingSpec
     from mrt_ray.rollout.worker import RolloutWorker
     from mrt_ray.tasks.source import PromptSource
 
-    cfg = load_config(None, [*WORKLOAD, f"rollout.threads={threads}", f"run.dir={REPO / 'runs' / 'bench' / 'preload'}",
+    cfg = load_config(None, [*WORKLOAD, f"rollout.threads={threads}", f"run.dir={REPO / 'runs' / 'bench' / run_name}",
                              *overrides])
     cfg.model.path = resolve_model(cfg)
     source = PromptSource(cfg, load_tokenizer(cfg.model.path, cfg.model))
     worker = RolloutWorker(cfg, cfg.model.path, threads=threads)
     rc = cfg.rollout
-    out = []
-    for b in range(batches + 1):
-        reqs = [Request(source.encode(p.prompt), SamplingSpec(n=rc.n_samples, temperature=rc.temperature,
+
+    def requests(b: int) -> list:
+        return [Request(source.encode(p.prompt), SamplingSpec(n=rc.n_samples, temperature=rc.temperature,
                                                               top_p=rc.top_p, max_tokens=rc.max_new_tokens,
                                                               seed=1000 * b + i))
                 for i, p in enumerate(source.batch(b))]
+    return worker, requests
+
+
+def child(threads: int, batches: int, overrides: list[str]) -> None:
+    """One variant in this process: the worker's generate on batches 0..batches (batch 0 untimed)."""
+    worker, requests = smollm2_worker(threads, "preload", overrides)
+    out = []
+    for b in range(batches + 1):
+        reqs = requests(b)
         t = time.perf_counter()
         _, stats = worker.generate(reqs)
         if b:
