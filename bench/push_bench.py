@@ -8,12 +8,15 @@ the ready gate: packing, checksums, broadcasts) and the push end to end (RPCs, t
 checksums; not the probe). Reported: median [min, max] over rounds; alternation spreads any drift of the machine's
 load over both sides. Also reported per push: the ready gate wait, the probe, and the worker's peak RSS growth.
 
-With several bucket sizes (`--bucket-mib 32,256`), every round runs each size's raw and push blocks in turn (the
-order reversed every other round) on the same actors, the weight group rebuilt for each plan with one untimed push;
-the paired ratio of the sizes' end-to-end push times per round is reported too. 0 is the backend's default.
+With several variants, every round runs each variant's raw and push blocks in turn (the order reversed every other
+round) on the same actors, the weight group rebuilt for each with one untimed push; the paired ratio of each
+variant's end-to-end push time to the first's, per round, is reported too. Variants: bucket sizes (`--bucket-mib
+32,256`; 0 is the backend's default) times send paths (`--send view,pack`: buckets sent from the learner's own
+parameter storage, the default, or packed into send buffers first, the older path).
 
     .venv/bin/python bench/push_bench.py --sizes 3,100,500 --rounds 3 --block 5
     .venv/bin/python bench/push_bench.py --sizes 100,500 --rounds 4 --block 4 --bucket-mib 32,256
+    .venv/bin/python bench/push_bench.py --sizes 3,100,500 --rounds 4 --block 4 --send view,pack
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ def _peak_rss_growth_mib(pid: int, push) -> tuple[dict, float]:
 
 
 def bench_size(mib: float, args, root: Path) -> list[dict]:
-    """One result per bucket size of `args.bucket_mib` (see the module doc)."""
+    """One result per variant: bucket size of `args.bucket_mib` x send path of `args.send` (see the module doc)."""
     import ray
 
     from mrt_ray.actors import Placement, weight_backend
@@ -96,12 +99,14 @@ def bench_size(mib: float, args, root: Path) -> list[dict]:
                           cfg.learner.collective_timeout_s, 1e-3, cfg.rollout.startup_timeout_s)
         pid = ray.get(worker.ready.remote())["pid"]
         backend = weight_backend(placement.roles)
-        plans = [plan_buckets(sync.metas, bucket_bytes(b, backend)) for b in args.bucket_mib]
-        rounds: list[list[dict]] = [[] for _ in plans]  # per bucket size, its rounds
+        variants = [(plan_buckets(sync.metas, bucket_bytes(b, backend)), send) for b in args.bucket_mib
+                    for send in args.send]
+        rounds: list[list[dict]] = [[] for _ in variants]  # per variant, its rounds
         version = 0
         for r in range(args.rounds):
-            for i in (range(len(plans)) if r % 2 == 0 else reversed(range(len(plans)))):
-                sync.plan = plans[i]
+            for i in (range(len(variants)) if r % 2 == 0 else reversed(range(len(variants)))):
+                sync.plan, send = variants[i]
+                sync.zero_copy = send == "view"
                 sync.connect()  # a new weight group carrying this plan
                 sync.push(version)  # untimed: the new group's first transfer
                 version += 1
@@ -112,8 +117,8 @@ def bench_size(mib: float, args, root: Path) -> list[dict]:
                     pushes.append({**stats, "worker_peak_rss_growth_mib": rss})
                     version += 1
                 rounds[i].append({"raw_seconds": raw, "pushes": pushes})
-        return [{"mib": sync.bytes / MiB, "buckets": len(p.buckets), "bucket_mib": p.max_bucket / MiB,
-                 "model": model, "rounds": rs} for p, rs in zip(plans, rounds, strict=True)]
+        return [{"mib": sync.bytes / MiB, "buckets": len(p.buckets), "bucket_mib": p.max_bucket / MiB, "send": send,
+                 "model": model, "rounds": rs} for (p, send), rs in zip(variants, rounds, strict=True)]
     finally:
         for a in learners.actors + [worker]:
             ray.kill(a)
@@ -126,8 +131,8 @@ def spread(xs: list[float], fmt: str = "{:.2f}") -> str:
 
 def report(results: list[dict]) -> str:
     med = statistics.median
-    lines = ["| state dict | buckets | raw gloo ms | broadcast ms | end to end ms | broadcast / raw | end to end / raw "
-             "| gate ms | probe ms | worker peak RSS growth MiB |", "|" + "---|" * 10]
+    lines = ["| state dict | buckets | send | packed | raw gloo ms | broadcast ms | end to end ms | broadcast / raw "
+             "| end to end / raw | gate ms | probe ms | worker peak RSS growth MiB |", "|" + "---|" * 12]
     for r in results:
         bc = [med(x["raw_seconds"]) / med([p["push_broadcast_seconds"] for p in x["pushes"]]) for x in r["rounds"]]
         e2e = [med(x["raw_seconds"]) / med([p["push_seconds"] for p in x["pushes"]]) for x in r["rounds"]]
@@ -137,7 +142,9 @@ def report(results: list[dict]) -> str:
         def ms(key: str, pushes: list[dict] = pushes) -> str:
             return f"{med([p[key] for p in pushes]) * 1e3:.1f}"
 
-        lines.append(f"| {r['mib']:.1f} MiB | {r['buckets']} x <= {r['bucket_mib']:.0f} MiB | {med(raw) * 1e3:.1f} | "
+        packed = max(p.get("push_packed_buckets", 0) for p in pushes)
+        lines.append(f"| {r['mib']:.1f} MiB | {r['buckets']} x <= {r['bucket_mib']:.0f} MiB | {r['send']} | {packed} | "
+                     f"{med(raw) * 1e3:.1f} | "
                      f"{ms('push_broadcast_seconds')} | {ms('push_seconds')} | {spread(bc)} | {spread(e2e)} | "
                      f"{ms('push_gate_seconds')} | {ms('push_probe_seconds')} | "
                      f"{max(p['worker_peak_rss_growth_mib'] for p in pushes):.0f} |")
@@ -145,8 +152,8 @@ def report(results: list[dict]) -> str:
 
 
 def paired(results: list[dict]) -> str:
-    """Per state-dict size with several bucket sizes: each size's end-to-end push time over the first size's, per
-    round (the sizes ran in the same round, back to back)."""
+    """Per state-dict size with several variants: each variant's end-to-end push time over the first's, per round
+    (the variants ran in the same round, back to back)."""
     med = statistics.median
     lines = []
     for mib in dict.fromkeys(round(r["mib"], 1) for r in results):
@@ -154,8 +161,8 @@ def paired(results: list[dict]) -> str:
         for r in rs[1:]:
             ratio = [med([p["push_seconds"] for p in b["pushes"]]) / med([p["push_seconds"] for p in a["pushes"]])
                      for a, b in zip(rs[0]["rounds"], r["rounds"], strict=True)]
-            lines.append(f"- {mib} MiB: end to end with {r['bucket_mib']:.0f} MiB buckets / with "
-                         f"{rs[0]['bucket_mib']:.0f} MiB: {spread(ratio)} over {len(ratio)} rounds")
+            lines.append(f"- {mib} MiB: end to end with {r['bucket_mib']:.0f} MiB buckets, {r['send']} / with "
+                         f"{rs[0]['bucket_mib']:.0f} MiB, {rs[0]['send']}: {spread(ratio)} over {len(ratio)} rounds")
     return "\n".join(lines)
 
 
@@ -167,10 +174,15 @@ def main() -> None:
     ap.add_argument("--backend", default="vllm", choices=("vllm", "hf"))
     ap.add_argument("--bucket-mib", default="0", help="bucket sizes in MiB, comma-separated (0: the backend's "
                     "default); several are alternated round by round")
+    ap.add_argument("--send", default="view", help="send paths, comma-separated: view (from the learner's parameter "
+                    "storage where the layout allows) and/or pack (into send buffers); several are alternated")
     ap.add_argument("--ray-cpus", type=int, default=4)
     ap.add_argument("--out", default="", help="write the raw measurements here as JSON")
     args = ap.parse_args()
     args.bucket_mib = [float(b) for b in args.bucket_mib.split(",")]
+    args.send = args.send.split(",")
+    if not set(args.send) <= {"view", "pack"}:
+        ap.error(f"--send takes view and/or pack, got {','.join(args.send)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from mrt_ray.actors import init_ray
     from mrt_ray.config import Config
@@ -189,7 +201,7 @@ def main() -> None:
     print(f"\n## weight push vs raw gloo broadcast ({args.backend} engine, {args.rounds} rounds x {args.block}; "
           f"ratios: median [min, max] over rounds)\n")
     print(report(results))
-    if len(args.bucket_mib) > 1:
+    if len(args.bucket_mib) * len(args.send) > 1:
         print("\nPaired over rounds:\n" + paired(results))
     print(f"\n1-minute load average at the start and after each size (2 cores: > 2 is contention): "
           f"{', '.join(f'{x:.1f}' for x in load)}")

@@ -156,12 +156,13 @@ def tiny_tied_model(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("backend,tied", [("vllm", False), pytest.param("hf", False, marks=pytest.mark.slow),
-                                          ("vllm", True)])  # CI: vLLM, untied and tied
-def test_push_reaches_rollout_worker(small_cfg, tiny_model, tiny_tied_model, backend, tied):
+@pytest.mark.parametrize("backend,tied,stage", [("vllm", False, 3), ("vllm", True, 3), ("vllm", True, 0),
+                                                pytest.param("hf", False, 3, marks=pytest.mark.slow)])
+def test_push_reaches_rollout_worker(small_cfg, tiny_model, tiny_tied_model, backend, tied, stage):
     """After an update and a push, the rollout worker's log-probs (vLLM or HF engine) equal the learner's; before the
-    push they differ and the probe rejects the stale engine. ZeRO-3, small buckets: every bucket is gathered on both
-    ranks. Tied embeddings travel once, and vLLM's output layer still follows them."""
+    push they differ and the probe rejects the stale engine. Small buckets; ZeRO-3: every bucket is gathered on both
+    ranks and packed; ZeRO-0: the learner's flattened parameters are sent from their own storage, nothing packed.
+    Tied embeddings travel once, and vLLM's output layer still follows them."""
     import ray
 
     from mrt_ray.actors import Placement
@@ -171,7 +172,7 @@ def test_push_reaches_rollout_worker(small_cfg, tiny_model, tiny_tied_model, bac
     from mrt_ray.weight_sync.push import WeightSync
 
     model = tiny_tied_model if tied else tiny_model
-    cfg = small_cfg("learner.lr=5e-2", "learner.zero_stage=3", f"rollout.backend={backend}",
+    cfg = small_cfg("learner.lr=5e-2", f"learner.zero_stage={stage}", f"rollout.backend={backend}",
                     "learner.push_bucket_mib=0.02", f"model.path={model}")
     tok = load_tokenizer(model, cfg.model)
     trajs = _trajectories(tok)
@@ -196,6 +197,7 @@ def test_push_reaches_rollout_worker(small_cfg, tiny_model, tiny_tied_model, bac
         assert max(abs(a - b) for a, b in zip(learner_lp, fresh)) < 1e-4
         assert stats["push_probe_diff"] < 1e-4 and stats["push_gbps"] > 0
         assert stats["push_probe_stale_gap"] > 1e-3  # the probe could see a stale engine
+        assert (stats["push_packed_buckets"] == 0) == (stage == 0)
     finally:
         for a in learners.actors + [worker]:
             ray.kill(a)

@@ -9,7 +9,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mrt_ray.weight_sync.buckets import ALIGN, bucket_bytes, checksum, pack, plan_buckets, state_metas, unpack
+from mrt_ray.weight_sync.buckets import (
+    ALIGN,
+    bucket_bytes,
+    checksum,
+    flatten,
+    pack,
+    plan_buckets,
+    state_metas,
+    storage_view,
+    unpack,
+)
 from mrt_ray.weight_sync.push import allowed_gap, probe_gap
 
 MiB = 2**20
@@ -69,6 +79,38 @@ def test_pack_unpack_round_trip_mixed_dtypes_without_copies():
     bucket = plan.buckets[0]
     with pytest.raises(RuntimeError, match="the plan says"):
         pack(bucket, [torch.zeros(2)], torch.empty(bucket.nbytes, dtype=torch.uint8))
+
+
+def test_flattened_tensors_are_sent_from_their_own_storage():
+    """After `flatten`, every bucket of any plan is a span of one buffer: `storage_view` returns it (no packing copy),
+    the parameters stay the same objects with the same values, an optimizer step writes into the buffer, and the
+    view's tensors are the live parameters. Tensors in storages of their own, or one moved out, are packed."""
+    model = torch.nn.Sequential(torch.nn.Embedding(11, 6), torch.nn.Linear(6, 5), torch.nn.LayerNorm(5),
+                                torch.nn.Linear(5, 11, bias=False))
+    model[3].weight = torch.nn.Parameter(torch.randn(11, 5))
+    model[2].register_buffer("scale", torch.randn(7).to(torch.bfloat16))  # a buffer, of another dtype
+    state = model.state_dict(keep_vars=True)
+    params, before = list(model.parameters()), {k: v.detach().clone() for k, v in state.items()}
+    plan = plan_buckets(state_metas(state), 128)
+    assert all(storage_view(b, [state[e.name] for e in b.entries]) is None or len(b.entries) == 1
+               for b in plan.buckets)  # separate storages: only single-tensor buckets can be views
+    flat = flatten(state)
+    assert list(model.parameters()) == params and all(torch.equal(state[k], before[k]) for k in state)
+    assert flat.numel() == sum(b.nbytes for b in plan.buckets)
+    for b in plan_buckets(state_metas(state), 128).buckets + plan_buckets(state_metas(state), 10**6).buckets:
+        ts = [state[e.name] for e in b.entries]
+        view = storage_view(b, ts)
+        assert view is not None and view.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+        assert all(torch.equal(t, state[n]) for n, t in unpack(b, view))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.tensor([[1, 2, 3]])).float().sum().backward()
+    opt.step()
+    b = plan.buckets[0]
+    moved = unpack(b, storage_view(b, [state[e.name] for e in b.entries]))[0]
+    assert not torch.equal(moved[1], before[moved[0]]) and torch.equal(moved[1], state[moved[0]])  # the live values
+    model[1].weight.data = model[1].weight.data.clone()  # moved out of the buffer: its bucket is packed again
+    b = next(b for b in plan.buckets if any(e.name == "1.weight" for e in b.entries))
+    assert storage_view(b, [state[e.name] for e in b.entries]) is None
 
 
 def test_checksum_is_exact_order_aware_and_chunked():
@@ -145,7 +187,7 @@ def _vm_kib(key: str) -> int:
     raise KeyError(key)
 
 
-def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, hold, out):
+def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, hold, flat, out):
     torch.set_num_threads(1)
     from mrt_ray.weight_sync.group import drain, receive_stream, send_stream
 
@@ -155,11 +197,13 @@ def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, 
     state = _state(2 if rank == 0 else 1, mib)
     plan = plan_buckets(state_metas(state), bucket_mib * MiB)
     if rank == 0:
+        if flat:  # the sender's tensors in one buffer (as a ZeRO-0 learner's): sent from it, nothing packed
+            flatten(state)
         try:
             for push_id in pushes:
-                sums, gate = send_stream(group, plan, ([state[e.name] for e in b.entries] for b in plan.buckets),
-                                         push_id)
-            out.put(("sent", sums, gate))
+                sums, gate, packed = send_stream(group, plan, ([state[e.name] for e in b.entries]
+                                                               for b in plan.buckets), push_id)
+            out.put(("sent", sums, gate, packed))
         except RuntimeError as e:
             out.put(("error", str(e), 0.0))
         return
@@ -194,11 +238,11 @@ def _member(rank, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, 
     out.put(("received", torch.stack(sums).tolist(), loaded, ok, peak, plan.max_bucket, pools))
 
 
-def _run(mib=96, bucket_mib=4, receiver_delay=0.0, gate_timeout=60.0, pushes=(7,), hold=False):
+def _run(mib=96, bucket_mib=4, receiver_delay=0.0, gate_timeout=60.0, pushes=(7,), hold=False, flat=False):
     ctx = mp.get_context("spawn")
     out, ports = ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=_member, args=(r, ports, mib, bucket_mib, receiver_delay, gate_timeout, pushes, hold,
-                                               out)) for r in (0, 1)]
+                                               flat, out)) for r in (0, 1)]
     # RSS then tracks live memory: glibc's adaptive threshold would serve freed buckets from a heap it keeps mapped
     env = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MiB)
@@ -223,13 +267,17 @@ def _run(mib=96, bucket_mib=4, receiver_delay=0.0, gate_timeout=60.0, pushes=(7,
     return results
 
 
-def test_gloo_push_streams_with_bounded_receiver_memory():
-    """A 96 MiB state dict in 4 MiB buckets: the receiver gets every tensor bit for bit (the tied output under its
-    own name too), the checksums of both sides agree, and its peak RSS grows by at most the two buckets in flight
-    plus slack, far below the state dict (a second full copy would add 96 MiB). The second of two pushes is measured:
-    the first pages in the code the receive path runs, file-backed RSS that once filled 8 of the 8 MiB slack in CI."""
-    r = _run(mib=96, bucket_mib=4, pushes=(7, 8))  # the second push is measured
-    sums, _ = r["sent"]
+@pytest.mark.parametrize("flat", [False, True], ids=["packed", "zero-copy"])
+def test_gloo_push_streams_with_bounded_receiver_memory(flat):
+    """A 96 MiB state dict in 4 MiB buckets, packed into send buffers or (flattened sender) sent from its own
+    storage: the receiver gets every tensor bit for bit (the tied output under its own name too), the checksums of
+    both sides agree, and its peak RSS grows by at most the two buckets in flight plus slack, far below the state
+    dict (a second full copy would add 96 MiB). The second of two pushes is measured: the first pages in the code the
+    receive path runs, file-backed RSS that once filled 8 of the 8 MiB slack in CI."""
+    r = _run(mib=96, bucket_mib=4, pushes=(7, 8), flat=flat)  # the second push is measured
+    sums, _, packed = r["sent"]
+    plan = plan_buckets(state_metas(_state(2, 96)), 4 * MiB)
+    assert packed == (0 if flat else sum(len(b.entries) > 1 for b in plan.buckets))  # a lone tensor goes as it is
     got_sums, loaded, ok, peak_kib, max_bucket, pools = r["received"]
     assert ok and got_sums == sums and len(sums) > 20
     assert len(pools[0]) == 2 and pools[1] == pools[0]  # two receive buffers, reused by the second push
@@ -243,14 +291,14 @@ def test_pooled_receive_buffers_are_never_reused_under_a_live_view():
     """A loader that keeps every view until the push ends (so no bucket's buffer is ever free again): the pool must
     allocate past it, and every tensor arrives intact."""
     r = _run(mib=16, bucket_mib=1, pushes=(3, 4), hold=True)
-    sums, _ = r["sent"]
+    sums, _, _ = r["sent"]
     got_sums, _, ok, _, _, pools = r["received"]
     assert ok and got_sums == sums and len(sums) > 10
 
 
 def test_ready_gate_waits_for_a_late_receiver_and_names_a_missing_one():
     r = _run(mib=8, bucket_mib=1, receiver_delay=2.0)
-    sums, gate = r["sent"]
+    sums, gate, _ = r["sent"]
     assert r["received"][2] and r["received"][0] == sums
     assert gate >= 1.0  # the sender waited at the gate, not inside a broadcast
     r = _run(mib=8, bucket_mib=1, receiver_delay=-6.0, gate_timeout=2.0)

@@ -26,7 +26,7 @@ from mrt_ray.learner import ds
 from mrt_ray.learner.objective import microbatch_loss, policy_logprobs, ref_logprobs
 from mrt_ray.models import load_causal_lm, load_tokenizer
 from mrt_ray.utils import limit_threads, listen_socket, rng_state, set_rng_state, usable_cores
-from mrt_ray.weight_sync.buckets import Plan, state_metas
+from mrt_ray.weight_sync.buckets import Plan, flatten, state_metas
 from mrt_ray.weight_sync.group import await_receivers, create_group, send_stream
 
 
@@ -103,6 +103,11 @@ class Learner:
             self.ref = load_causal_lm(model_path, cfg.model).to(self.device).eval().requires_grad_(False)
         self.engine = ds.initialize(model, cfg, cfg.learner.micro_batch_size)
         self.zero3 = cfg.learner.zero_stage == 3
+        state = self._state()
+        if not self.zero3 and all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in state.values()):
+            # each tensor in a storage of its own (ZeRO-0 fp32: nothing flattened them, as ZeRO-1/2 and DeepSpeed's
+            # mixed-precision optimizers do): lay them out flat, so the weight push sends buckets without packing
+            flatten(state)
         self.weight_group = None
         self.weight_plan: Plan | None = None
 
@@ -219,19 +224,22 @@ class Learner:
             with ds.gathered(ts, self.zero3):
                 yield [t.data for t in ts]
 
-    def push_weights(self, push_id: int) -> dict:
-        """All ranks call this (ZeRO-3 gathers on every rank); rank 0 broadcasts the buckets. Returns rank 0's
-        per-bucket checksums, its seconds at the ready gate and its seconds sending (gathers, packing, broadcasts)."""
+    def push_weights(self, push_id: int, zero_copy: bool = True) -> dict:
+        """All ranks call this (ZeRO-3 gathers on every rank); rank 0 broadcasts the buckets, from the parameters'
+        own storage where it can (`zero_copy`; never for ZeRO-3's gathered copies, which go once their bucket is
+        sent). Returns rank 0's per-bucket checksums, its seconds at the ready gate, its seconds sending (gathers,
+        packing, broadcasts) and how many buckets it packed."""
         t0 = time.perf_counter()
         sums: list[int] = []
-        gate = 0.0
+        gate, packed = 0.0, 0
         with torch.no_grad():
             if self.rank == 0:
-                sums, gate = send_stream(self.weight_group, self.weight_plan, self._bucket_tensors(), push_id)
+                sums, gate, packed = send_stream(self.weight_group, self.weight_plan, self._bucket_tensors(), push_id,
+                                                 zero_copy and not self.zero3)
             elif self.zero3:  # enter every bucket's gather, send nothing
                 for _ in self._bucket_tensors():
                     pass
-        return {"sums": sums, "gate_seconds": gate, "seconds": time.perf_counter() - t0 - gate}
+        return {"sums": sums, "gate_seconds": gate, "seconds": time.perf_counter() - t0 - gate, "packed": packed}
 
     @torch.no_grad()
     def probe_logprobs(self, ids: list[int]) -> list[float]:

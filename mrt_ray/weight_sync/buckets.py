@@ -10,6 +10,9 @@ learner's metadata and travels to every member of the weight group, so sender an
   which vLLM fuses into one layer and holds until all arrive) unless the group alone exceeds the bucket; a tensor
   larger than the bucket travels alone. So a receiver never holds more than the buckets in flight, whatever the model
   size: a 7B model never needs a second full copy of its weights.
+- Zero copy: where a bucket's tensors already lie in one storage at the plan's offsets (DeepSpeed ZeRO-1/2 keeps
+  the parameters as views of one flat buffer; `flatten` lays out a ZeRO-0 learner's so), the sender broadcasts that
+  storage itself (`storage_view`): no send buffer and no packing copy. Otherwise the bucket is packed.
 - Integrity: an integer checksum per bucket, one pass over an int64 view of the bytes (wrapping sums per 1 MiB chunk:
   exact, order-aware across chunks, no copy), as a device tensor: one host sync per push.
 """
@@ -134,10 +137,52 @@ def plan_buckets(metas: list[tuple], bucket_bytes: int) -> Plan:
 def pack(bucket: Bucket, tensors: list[torch.Tensor], out: torch.Tensor) -> None:
     """Copy `tensors` (one per entry, in order) into the uint8 buffer `out` (at least bucket.nbytes)."""
     for e, t in zip(bucket.entries, tensors, strict=True):
-        if tuple(t.shape) != e.shape or str(t.dtype).removeprefix("torch.") != e.dtype:
-            raise RuntimeError(f"weight push: {e.name} is {tuple(t.shape)} {t.dtype}, the plan says {e.shape} "
-                               f"{e.dtype} (the model changed after connect)")
+        _check(e, t)
         _view(out, e).copy_(t)
+
+
+def storage_view(bucket: Bucket, tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """The bucket's bytes as a uint8 view of its tensors' own storage, when every tensor (contiguous) lies in one
+    storage at its entry's offset from the first and the storage holds the bucket's whole span (padding included):
+    then it can be sent as it is. None otherwise."""
+    for e, t in zip(bucket.entries, tensors, strict=True):
+        _check(e, t)
+    first = tensors[0]
+    storage = first.untyped_storage()
+    base = first.data_ptr() - bucket.entries[0].offset  # the bucket's byte 0
+    start = base - storage.data_ptr()
+    if start < 0 or start + bucket.nbytes > storage.nbytes():
+        return None
+    for e, t in zip(bucket.entries, tensors):
+        if (t.untyped_storage().data_ptr() != storage.data_ptr() or t.data_ptr() != base + e.offset
+                or not t.is_contiguous()):
+            return None
+    return torch.empty(0, dtype=torch.uint8, device=first.device).set_(storage, start, (bucket.nbytes,))
+
+
+def flatten(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Move the distinct tensors of `state` (a `state_dict(keep_vars=True)`: parameters, buffers; tied ones once) into
+    one flat uint8 buffer, in order, each at an ALIGN-padded offset as `plan_buckets` places them: every bucket of any
+    plan over these tensors is then a contiguous span of it (`storage_view`). Each tensor's `.data` becomes its view
+    (parameters stay the same objects, so an optimizer built on them is unaffected). Returns the buffer."""
+    unique = list({id(t): t for t in state.values()}.values())
+    if not unique:
+        return torch.empty(0, dtype=torch.uint8)
+    sizes = [_padded(t.numel() * t.element_size()) for t in unique]
+    flat = torch.empty(sum(sizes), dtype=torch.uint8, device=unique[0].device)
+    off = 0
+    for t, n in zip(unique, sizes):
+        view = flat[off:off + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+        view.copy_(t.data)
+        t.data = view
+        off += n
+    return flat
+
+
+def _check(e: Entry, t: torch.Tensor) -> None:
+    if tuple(t.shape) != e.shape or str(t.dtype).removeprefix("torch.") != e.dtype:
+        raise RuntimeError(f"weight push: {e.name} is {tuple(t.shape)} {t.dtype}, the plan says {e.shape} "
+                           f"{e.dtype} (the model changed after connect)")
 
 
 def unpack(bucket: Bucket, buf: torch.Tensor) -> list[tuple[str, torch.Tensor]]:

@@ -10,8 +10,10 @@ One push = the buckets of a `buckets.Plan`, broadcast in order:
 - **Ready gate.** Each receiver marks itself ready in the group's store (`ready/<push id>/<rank>`) as its receive
   starts; the sender waits for every mark before its first broadcast, so no RPC arrival (a receive queued behind a
   generate) ever sits inside a transfer, and a late receiver is a clear error, not a broadcast timing out.
-- **Sender.** Two send buffers (kept across pushes): bucket 0 is packed while the receivers get ready (before the
-  gate), bucket k+1 (and bucket k's checksum) while bucket k is on the wire.
+- **Sender.** A bucket whose tensors already lie in one storage at the plan's offsets (ZeRO-1/2's flat parameter
+  buffer, or a ZeRO-0 learner's after `buckets.flatten`) is broadcast from that storage: no copy. Any other is packed
+  into one of two send buffers (allocated on first need, kept across pushes): bucket 0 while the receivers get ready
+  (before the gate), bucket k+1 (and bucket k's checksum) while bucket k is on the wire.
 - **Receiver.** A generator of (name, tensor) views that the engine's loader consumes as buckets arrive; bucket k+1
   lands while bucket k is loaded and checksummed, so at most two buckets are alive beyond the model's own weights.
   On CPU the receive buffers are pooled across pushes (a buffer is reused only once no view into it is left).
@@ -29,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from mrt_ray.utils import gloo_on_loopback
-from mrt_ray.weight_sync.buckets import Plan, checksum, pack, unpack
+from mrt_ray.weight_sync.buckets import Plan, checksum, pack, storage_view, unpack
 
 
 @dataclass
@@ -101,39 +103,74 @@ def await_receivers(group: WeightGroup, push_id: int, timeout_s: float) -> None:
                            f"(an inference worker busy or dead); nothing was sent") from e
 
 
-def send_stream(group: WeightGroup, plan: Plan, tensors: Iterable[list[torch.Tensor]],
-                push_id: int) -> tuple[list[int], float]:
-    """Rank 0: pack the first bucket while the receivers get ready, then, after the ready gate, broadcast every
-    bucket of `plan`, packing bucket k+1 while bucket k is on the wire (`tensors`: one list per bucket, in entry
-    order; the iterator may gather them lazily). Returns the per-bucket checksums (one host sync) and the seconds
-    spent waiting at the gate."""
-    if len(group.send_buffers) < 2 or group.send_buffers[0].numel() < plan.max_bucket:
-        # kept across pushes (2 x the largest bucket on rank 0): refilling warm memory, not faulting in new pages
-        group.send_buffers = [torch.empty(plan.max_bucket, dtype=torch.uint8, device=group.device) for _ in "ab"]
+def send_stream(group: WeightGroup, plan: Plan, tensors: Iterable[list[torch.Tensor]], push_id: int,
+                zero_copy: bool = True) -> tuple[list[int], float, int]:
+    """Rank 0: prepare the first bucket while the receivers get ready, then, after the ready gate, broadcast every
+    bucket of `plan`, preparing bucket k+1 while bucket k is on the wire (`tensors`: one list per bucket, in entry
+    order; the iterator may gather them lazily, and with `zero_copy` it must keep each bucket's tensors alive and
+    unchanged until this returns). Returns the per-bucket checksums (one host sync), the seconds spent waiting at the
+    gate and the number of buckets packed (the rest went from the tensors' own storage)."""
+    sender = _Sender(group, plan, zero_copy)
     items = enumerate(zip(plan.buckets, tensors, strict=True))
     first = next(items, None)
-    if first is not None:
-        pack(first[1][0], first[1][1], group.send_buffers[0][:first[1][0].nbytes])
+    buf = sender.prepare(*first[1]) if first is not None else None
     t0 = time.perf_counter()
     await_receivers(group, push_id, group.timeout_s)
     gate_seconds = time.perf_counter() - t0
-    works: list = [None, None]
     sums = []
     for k, (bucket, ts) in itertools.chain([first] if first is not None else [], items):
-        slot = k % 2
-        if works[slot] is not None:
-            works[slot].wait()  # the buffer's previous bucket has left
-        buf = group.send_buffers[slot][:bucket.nbytes]
-        if k:  # bucket 0 was packed before the gate
-            pack(bucket, ts, buf)
-        works[slot] = _broadcast(group, buf)
-        sums.append(checksum(buf))  # reads the buffer while it is on the wire
-    for w in works:
-        if w is not None:
-            w.wait()
+        if k:  # bucket 0 was prepared before the gate
+            buf = sender.prepare(bucket, ts)
+        sender.send(buf)
+        sums.append(checksum(buf))  # reads the bytes while they are on the wire
+    sender.finish()
     for r in range(1, group.world_size):
         group.store.delete_key(_ready_key(push_id, r))
-    return (torch.stack(sums).tolist() if sums else []), gate_seconds
+    return (torch.stack(sums).tolist() if sums else []), gate_seconds, sender.packed
+
+
+class _Sender:
+    """The bytes of each bucket: a view of its tensors' storage, or one of two send buffers packed from them (a
+    buffer is refilled only once its previous bucket has left)."""
+
+    def __init__(self, group: WeightGroup, plan: Plan, zero_copy: bool):
+        self.group, self.plan, self.zero_copy = group, plan, zero_copy
+        self.packed = 0  # buckets packed so far; the next one goes to send buffer packed % 2
+        self.slots: list = [None, None]  # per send buffer, the broadcast last posted from it
+        self.filled: int | None = None  # the send buffer prepare() packed, until send() posts it
+        self.works: list = []  # every broadcast posted
+
+    def prepare(self, bucket, ts: list[torch.Tensor]) -> torch.Tensor:
+        view = storage_view(bucket, ts) if self.zero_copy else None
+        if view is not None:
+            return view
+        slot = self.packed % 2
+        if self.slots[slot] is not None:
+            self.slots[slot].wait()  # the buffer's previous bucket has left
+            self.slots[slot] = None
+        buf = self._buffers()[slot][:bucket.nbytes]
+        pack(bucket, ts, buf)
+        self.packed += 1
+        self.filled = slot
+        return buf
+
+    def send(self, buf: torch.Tensor) -> None:
+        """Post the broadcast of what prepare() returned last."""
+        work = _broadcast(self.group, buf)
+        self.works.append(work)
+        if self.filled is not None:
+            self.slots[self.filled], self.filled = work, None
+
+    def finish(self) -> None:
+        for w in self.works:
+            w.wait()
+
+    def _buffers(self) -> list[torch.Tensor]:
+        g = self.group
+        if len(g.send_buffers) < 2 or g.send_buffers[0].numel() < self.plan.max_bucket:
+            # kept across pushes (2 x the largest bucket on rank 0): refilling warm memory, not faulting in pages
+            g.send_buffers = [torch.empty(self.plan.max_bucket, dtype=torch.uint8, device=g.device) for _ in "ab"]
+        return g.send_buffers
 
 
 def receive_stream(group: WeightGroup, plan: Plan, push_id: int, sums: list) -> Iterator[tuple[str, torch.Tensor]]:

@@ -58,6 +58,8 @@ class WeightSync:
         self.restarts = 0  # workers found restarted (a new process) and re-joined
         self.broken = False  # a push or rebuild failed half-way: the group must be rebuilt
         self.pushes = 0  # push ids: the ready gate's keys
+        self.zero_copy = True  # send buckets from the learner's parameter storage where its layout allows (False:
+        # pack every bucket, the older path, which bench/push_bench.py times against it)
         self.connect()
         # the noise floor: every worker's probe gap on the base weights, before the first push
         self.baseline = [probe_gap(self._learner_probe(), lp)[0] for lp in self._worker_probes()]
@@ -121,7 +123,8 @@ class WeightSync:
         recv = [w.receive_weights.remote(version, pid) for w in self.workers]
         if self.zero3:  # every rank gathers: none may sit in a gather while a worker is still busy (a generate)
             ray.get(self.learners.actors[0].await_receivers.remote(pid), timeout=2 * self.timeout_s)
-        send = [a.push_weights.remote(pid) for a in self.learners.actors]  # rank 0 passes the ready gate first
+        # rank 0 passes the ready gate first
+        send = [a.push_weights.remote(pid, self.zero_copy) for a in self.learners.actors]
         sent = ray.get(send, timeout=2 * self.timeout_s)[0]
         received = ray.get(recv, timeout=self.timeout_s)
         seconds = time.perf_counter() - t0
@@ -133,6 +136,7 @@ class WeightSync:
         self.version = version
         return {"push_seconds": seconds, "push_broadcast_seconds": sent["seconds"],
                 "push_gate_seconds": sent["gate_seconds"], "push_gbps": self.bytes / max(sent["seconds"], 1e-9) / 1e9,
+                "push_packed_buckets": sent["packed"],
                 "push_probe_seconds": time.perf_counter() - t1, **probe}
 
     def _learner_probe(self) -> list[float]:
