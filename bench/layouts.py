@@ -9,6 +9,10 @@ WORKLOAD, the embedded base model); all stay up, and after `warmup` untimed step
 first layout is the reference: per round, each layout's median step over the reference's gives a paired ratio. An
 async layout's prefetched rollout is drained (untimed) at the end of each block, so a block's first step generates
 in full. A benchmark, not a test: nothing is asserted.
+
+With `--one-at-a-time` (for a model whose sessions do not fit in memory together, e.g. two SmolLM2 sessions on
+24 GiB) only one session is up at a time: each block starts its layout's session, runs the warm-up and the block, and
+closes it. Every block then runs the same steps (the same prompts and seeds) from the base policy.
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=3, help="steps per block")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per layout first")
     ap.add_argument("--layout", action="append", help="LABEL=key=value,key=value (repeatable; default: four)")
+    ap.add_argument("--one-at-a-time", action="store_true", help="a fresh session per block, closed after it (see "
+                    "the module doc)")
     ap.add_argument("--out", type=Path, help="write the raw records here (JSON)")
     ap.add_argument("overrides", nargs="*", help="config key=value overrides for every layout")
     args = ap.parse_args()
@@ -50,19 +56,34 @@ def main() -> None:
     base = [*WORKLOAD, f"ray.num_cpus={2 * len(layouts) + 2}", *args.overrides]
     sessions: dict[str, MrtSession] = {}
     rounds: dict[str, list[list[dict]]] = {label: [] for label, _ in layouts}
+    ranks: dict[str, int] = {}
     load = [os.getloadavg()[0]]
-    try:
-        for label, overrides in layouts:
-            sessions[label] = MrtSession(bench_config(f"layout-{label}", [*base, *overrides]))
+
+    def start(label: str, overrides: list[str]) -> MrtSession:
+        session = MrtSession(bench_config(f"layout-{label}", [*base, *overrides]))
+        ranks[label] = session.trainer.cfg.learner.num_ranks
+        try:
             if args.warmup:
-                sessions[label].steps(args.warmup)
+                session.steps(args.warmup)
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    try:
+        if not args.one_at_a_time:
+            for label, overrides in layouts:
+                sessions[label] = start(label, overrides)
         load.append(os.getloadavg()[0])
         for r in range(args.rounds):
-            order = layouts if r % 2 == 0 else layouts[::-1]
-            for label, _ in order:
-                rounds[label].append(sessions[label].steps(args.block))
+            for label, overrides in (layouts if r % 2 == 0 else layouts[::-1]):
+                session = sessions.get(label) or start(label, overrides)
+                try:
+                    rounds[label].append(session.steps(args.block))
+                finally:
+                    if args.one_at_a_time:
+                        session.close()
         load.append(os.getloadavg()[0])
-        ranks = {label: s.trainer.cfg.learner.num_ranks for label, s in sessions.items()}
     finally:
         for s in sessions.values():
             s.close()
