@@ -68,6 +68,7 @@ def run_report(run: Path) -> tuple[dict, list[str]]:
         "steps": len(steps), "pushes_verified": len(trained) - len(unpushed),
         "stages": {k: _stats([r[k] for r in steps if k in r]) for k in STAGES if any(k in r for r in steps)},
         "push_gbps": _stats([r["push_gbps"] for r in steps if "push_gbps" in r]),
+        "push_packed_buckets": _stats([r["push_packed_buckets"] for r in steps if "push_packed_buckets" in r]),
         "probe": {k: _stats([r[k] for r in steps if k in r]) for k in probes},
         "reward": _stats([r["reward"] for r in steps if "reward" in r]),
     }
@@ -86,6 +87,10 @@ def markdown(vers: dict, runs: list[dict], problems: list[str]) -> str:
         if r["push_gbps"]:
             g = r["push_gbps"]
             lines.append(f"| push GB/s | {g['mean']:.3f} | {g['max']:.3f} (min {g['min']:.3f}) |")
+        if r["push_packed_buckets"]:  # 0: every bucket went from the learner's parameter memory, no packing copy
+            p = r["push_packed_buckets"]
+            lines.append(f"| push buckets packed (0: sent from the parameters' memory) | {p['mean']:.3g} | "
+                         f"{p['max']:.3g} |")
         lines += [f"| {k} | {s['mean']:.3g} | {s['max']:.3g} |" for k, s in r["probe"].items()]
     lines += ["", "## Result", "", "PASS" if not problems else "FAIL:"] + [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"

@@ -297,7 +297,7 @@ def _fake_run(path, algo: str, steps: int, drop_push_at: int | None = None):
         row = {"step": s, "generate_seconds": 1.0 + s, "learn_seconds": 0.5, "push_seconds": 0.1, "step_seconds": 2.0,
                "reward": 0.25, "policy_version": s + 1}
         if s != drop_push_at:
-            row.update(push_gbps=1.5, push_probe_diff=0.01 * s)
+            row.update(push_gbps=1.5, push_probe_diff=0.01 * s, push_packed_buckets=0)
         rows.append(row)
     rows.append({"step": steps, "eval/greedy_accuracy": 0.2})
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -322,7 +322,9 @@ def test_smoke_report_from_run_directories(tmp_path):
     assert grpo["algo"] == "grpo" and grpo["steps"] == 3 and grpo["pushes_verified"] == 3
     assert grpo["stages"]["generate_seconds"] == {"mean": 2.0, "max": 3.0, "min": 1.0}
     assert grpo["push_gbps"]["mean"] == 1.5 and grpo["probe"]["push_probe_diff"]["max"] == pytest.approx(0.02)
-    assert grpo["layout"]["learner.num_gpus"] == 0.4 and "PASS" in (tmp_path / "report.md").read_text()
+    assert grpo["push_packed_buckets"]["max"] == 0
+    md = (tmp_path / "report.md").read_text()
+    assert grpo["layout"]["learner.num_gpus"] == 0.4 and "PASS" in md and "push buckets packed" in md
     _fake_run(tmp_path / "bad", "grpo", 3, drop_push_at=1)
     bad = subprocess.run([*script, str(tmp_path / "bad.md"), str(tmp_path / "bad"), str(tmp_path / "missing")],
                          cwd=repo, capture_output=True, text=True, timeout=300)
