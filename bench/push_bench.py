@@ -142,7 +142,7 @@ def report(results: list[dict]) -> str:
         def ms(key: str, pushes: list[dict] = pushes) -> str:
             return f"{med([p[key] for p in pushes]) * 1e3:.1f}"
 
-        packed = max(p.get("push_packed_buckets", 0) for p in pushes)
+        packed = max(p["push_packed_buckets"] for p in pushes)
         lines.append(f"| {r['mib']:.1f} MiB | {r['buckets']} x <= {r['bucket_mib']:.0f} MiB | {r['send']} | {packed} | "
                      f"{med(raw) * 1e3:.1f} | "
                      f"{ms('push_broadcast_seconds')} | {ms('push_seconds')} | {spread(bc)} | {spread(e2e)} | "

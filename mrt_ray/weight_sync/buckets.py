@@ -145,18 +145,17 @@ def storage_view(bucket: Bucket, tensors: list[torch.Tensor]) -> torch.Tensor | 
     """The bucket's bytes as a uint8 view of its tensors' own storage, when every tensor (contiguous) lies in one
     storage at its entry's offset from the first and the storage holds the bucket's whole span (padding included):
     then it can be sent as it is. None otherwise."""
-    for e, t in zip(bucket.entries, tensors, strict=True):
-        _check(e, t)
     first = tensors[0]
     storage = first.untyped_storage()
     base = first.data_ptr() - bucket.entries[0].offset  # the bucket's byte 0
     start = base - storage.data_ptr()
-    if start < 0 or start + bucket.nbytes > storage.nbytes():
-        return None
-    for e, t in zip(bucket.entries, tensors):
+    for e, t in zip(bucket.entries, tensors, strict=True):
+        _check(e, t)
         if (t.untyped_storage().data_ptr() != storage.data_ptr() or t.data_ptr() != base + e.offset
                 or not t.is_contiguous()):
-            return None
+            return None  # pack() checks the remaining entries
+    if start < 0 or start + bucket.nbytes > storage.nbytes():
+        return None
     return torch.empty(0, dtype=torch.uint8, device=first.device).set_(storage, start, (bucket.nbytes,))
 
 
